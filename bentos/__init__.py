@@ -1,0 +1,1 @@
+"""The BentoML service that serves ImageIQ models (``bentos.service:ImageClassifier``)."""

@@ -1,0 +1,208 @@
+"""The ``imageiq`` command: demo data, training, evaluation, the model registry, parity.
+
+Each sub-command is a parser plus a plain function; :func:`main` builds the settings once
+and dispatches. Domain errors print their message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Column, Table
+
+from imageiq.errors import ImageIQError
+from imageiq.settings import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.train import add_arguments as add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="imageiq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="write scikit-learn's digits as an ImageFolder of PNGs")
+    p.add_argument("dest", type=Path)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "demo-model",
+        help="train and register the digits demo model, unless the store already has a model",
+    )
+    p.add_argument("--data", type=Path, default=Path(".data/digits"))
+    p.add_argument("--force", action="store_true", help="train even if a model exists")
+    p.set_defaults(func=cmd_demo_model)
+
+    p = add_train_arguments(sub.add_parser("train", help="train and register a model"))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a registered model on an ImageFolder tree")
+    p.add_argument("--model", default=None, help="name:version (default: the served setting)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--predictions-out", type=Path, default=None, help="write a CSV per image")
+    p.set_defaults(func=cmd_evaluate)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(
+        dest="models_command", required=True
+    )
+    p = models.add_parser("list", help="registered models, newest first")
+    p.add_argument("--name", default=None, help="model name (default: the served setting)")
+    p.set_defaults(func=cmd_models_list)
+
+    p = sub.add_parser("parity", help="compare a running server with offline predictions")
+    p.add_argument("--url", default="http://127.0.0.1:3000")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", default=None, help="name:version (default: what the server serves)")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--min-agreement", type=float, default=0.995)
+    p.set_defaults(func=cmd_parity)
+    return parser
+
+
+def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
+    from imageiq.demo import write_digits
+
+    counts = write_digits(args.dest)
+    console.print(
+        f"wrote {sum(counts.values())} digit images in {len(counts)} classes to {args.dest}"
+    )
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace, settings: Settings) -> int:
+    from imageiq.demo import DEMO_RECIPE, write_digits
+    from imageiq.registry import list_models
+
+    existing = list_models(settings.model_name)
+    if existing and not args.force:
+        console.print(
+            f"model store has {len(existing)} {settings.model_name} model(s); "
+            f"newest {existing[0].tag}: nothing to do"
+        )
+        return 0
+    write_digits(args.data)
+    train_args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            str(args.data),
+            "--model-name",
+            settings.model_name,
+            *[f"--{k.replace('_', '-')}={v}" for k, v in DEMO_RECIPE.items()],
+        ]
+    )
+    return cmd_train(train_args, settings)
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from training.train import main as train_main
+
+    train_main(args, max_image_pixels=settings.max_image_pixels, console=console)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    import csv
+
+    from imageiq.inference import Classifier
+    from training.data import scan_image_folder
+    from training.evaluate import classification_metrics, evaluate_folder
+
+    classifier = Classifier.load(args.model or settings.model_tag, device=settings.device)
+    index = scan_image_folder(args.data)
+    targets, probs = evaluate_folder(
+        classifier, index, batch_size=args.batch_size, max_pixels=settings.max_image_pixels
+    )
+    scores = classification_metrics(targets, probs)
+    console.print(f"[bold]{classifier.model.tag}[/] on {args.data} ({len(targets)} images)")
+    for name, value in scores.items():
+        console.print(f"  {name:>9}: {value:.4f}")
+    if args.predictions_out:
+        with args.predictions_out.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "predicted", "score"])
+            for path, target, row in zip(index.paths, targets, probs, strict=True):
+                best = int(row.argmax())
+                writer.writerow(
+                    [path, classifier.labels[target], classifier.labels[best], f"{row[best]:.6f}"]
+                )
+        console.print(f"predictions written to {args.predictions_out}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
+    from imageiq.registry import list_models
+
+    name = args.name or settings.model_name
+    models = list_models(name)
+    if not models:
+        console.print(f"no {name} models registered")
+        return 0
+    table = Table("arch", "classes", "heads", "input", "top-1", "created (UTC)", box=None)
+    # The tag is what users copy: never truncated.
+    table.columns.insert(0, Column("tag", min_width=max(len(m.tag) for m in models)))
+    for m in models:
+        card = m.card
+        top1 = card.metrics.get("val_top1")
+        table.add_row(
+            m.tag,
+            card.architecture,
+            str(len(card.labels)),
+            ",".join(card.heads) or "-",
+            f"{card.preprocessing.crop_size}px",
+            f"{top1:.2%}" if top1 is not None else "-",
+            card.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    # Piped output has no terminal width to respect: keep whole rows for grep and friends.
+    (console if console.is_terminal else Console(width=200)).print(table)
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace, settings: Settings) -> int:
+    from imageiq.parity import check_parity
+
+    report = check_parity(
+        url=args.url,
+        data=args.data,
+        model=args.model,
+        limit=args.limit,
+        concurrency=args.concurrency,
+        max_pixels=settings.max_image_pixels,
+    )
+    console.print(
+        f"{report.model}: served and offline top-1 agree on {report.agreed}/{report.images} "
+        f"images ({report.agreement:.2%}); max score difference where they agree "
+        f"{report.max_score_diff:.2e}"
+    )
+    for path, served, offline in report.disagreements[:10]:
+        console.print(f"  {path}: served {served}, offline {offline}")
+    return 0 if report.agreement >= args.min_agreement else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        for problem in e.errors():
+            name = "IMAGEIQ_" + "_".join(str(p) for p in problem["loc"]).upper()
+            err_console.print(f"[red]error[/] (invalid_setting): {name}: {problem['msg']}")
+        return 2
+    try:
+        return int(args.func(args, settings))
+    except ImageIQError as e:
+        err_console.print(f"[red]error[/] ({e.code}): {e.message}")
+        return 2
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Domain errors. Each carries the HTTP status it maps to and a stable machine-readable code.
+
+The service turns any of them into ``{"error": {"code", "message", "request_id"}}``; the CLI
+prints the message and exits non-zero. Codes are part of the public API: never rename one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ImageIQError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+# --- request errors (4xx) -------------------------------------------------------------------
+class InvalidRequest(ImageIQError):
+    status, code = 400, "invalid_request"
+
+
+class MalformedRequest(ImageIQError):
+    status, code = 400, "malformed_request"
+
+
+class EmptyImage(ImageIQError):
+    status, code = 400, "empty_image"
+
+
+class NotFound(ImageIQError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ImageIQError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(ImageIQError):
+    status, code = 413, "payload_too_large"
+
+
+class ImageTooLarge(ImageIQError):
+    """Too many pixels: refused from the header, before decoding."""
+
+    status, code = 413, "image_too_large"
+
+
+class UnsupportedMediaType(ImageIQError):
+    status, code = 415, "unsupported_media_type"
+
+
+class UnsupportedImageFormat(ImageIQError):
+    status, code = 415, "unsupported_image_format"
+
+
+class MissingImage(ImageIQError):
+    status, code = 422, "missing_image"
+
+
+class InvalidParameter(ImageIQError):
+    status, code = 422, "invalid_parameter"
+
+
+class CorruptImage(ImageIQError):
+    status, code = 422, "corrupt_image"
+
+
+# --- availability (5xx) ---------------------------------------------------------------------
+class ModelNotReady(ImageIQError):
+    status, code = 503, "model_not_ready"
+
+
+class Overloaded(ImageIQError):
+    status, code = 503, "overloaded"
+
+
+# --- configuration and model store (raised by the CLI, training and start-up) ---------------
+class ConfigurationError(ImageIQError):
+    status, code = 400, "configuration_error"
+
+
+class UnknownArchitecture(ConfigurationError):
+    code = "unknown_architecture"
+
+
+class WeightsUnavailable(ConfigurationError):
+    code = "weights_unavailable"
+
+
+class WeightsFileMismatch(ConfigurationError):
+    code = "weights_file_mismatch"
+
+
+class DatasetError(ConfigurationError):
+    code = "dataset_error"
+
+
+class ModelNotFound(ImageIQError):
+    status, code = 404, "model_not_found"

@@ -1,0 +1,65 @@
+"""Turning untrusted bytes into a decoded PIL image, within limits, or a domain error.
+
+The pixel limit is checked from the header, before any pixel data is decoded, so a
+decompression bomb is refused without allocating it. Orientation (EXIF) is applied here;
+colour handling (modes, alpha) belongs to the model's preprocessing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imageiq.errors import CorruptImage, EmptyImage, ImageTooLarge, UnsupportedImageFormat
+
+SUPPORTED_HUMAN = "JPEG, PNG, WebP, GIF, BMP and TIFF"
+Image.init()  # register every plugin, so opening with `formats=` finds them all
+# Pillow format names we accept. MPO, the multi-picture JPEG of many phone cameras, is a
+# format of its own in older Pillow releases and part of JPEG in newer ones.
+SUPPORTED_FORMATS = tuple(
+    f for f in ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF") if f in Image.OPEN
+)
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode ``data``; EXIF orientation applied, first frame of animations."""
+    if not data:
+        raise EmptyImage("The uploaded image is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedImageFormat(
+            f"The upload is not an image in a supported format ({SUPPORTED_HUMAN})."
+        ) from None
+    except Image.DecompressionBombError as e:  # Pillow's own guard, far above ours
+        raise ImageTooLarge(
+            f"The image has too many pixels; at most {max_pixels} are accepted.",
+            details={"max_pixels": max_pixels},
+        ) from e
+    except Exception as e:  # Pillow raises many types on hostile headers
+        raise CorruptImage(f"The image header could not be read ({type(e).__name__}).") from e
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise CorruptImage(f"The image has no pixels ({width}x{height}).")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"The image is {width}x{height} = {width * height} pixels; "
+            f"at most {max_pixels} are accepted.",
+            details={"width": width, "height": height, "max_pixels": max_pixels},
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+    except Exception as e:  # truncated data, bad chunks, broken EXIF, ...
+        raise CorruptImage(
+            f"The {image.format} image could not be decoded ({type(e).__name__}: {e})."
+        ) from e
+    if oriented is not image:
+        oriented.format = image.format
+    return oriented

@@ -1,0 +1,83 @@
+"""Every Prometheus metric ImageIQ exports, declared once.
+
+Built on first use, inside the BentoML worker: ``prometheus_client`` must be imported after
+the worker has set ``PROMETHEUS_MULTIPROC_DIR``, or the metrics never reach ``/metrics``.
+Labels are kept to a few values: endpoint, model name and version, status and error code.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_MODEL = ("model_name", "model_version")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Any
+    request_seconds: Any
+    decode_seconds: Any
+    preprocess_seconds: Any
+    inference_seconds: Any
+    postprocess_seconds: Any
+    batch_size: Any
+    model_ready: Any
+
+
+@functools.cache
+def metrics() -> Metrics:
+    import prometheus_client as pc
+
+    return Metrics(
+        requests=pc.Counter(
+            "imageiq_requests",
+            "API requests by endpoint, HTTP status and error code.",
+            ["endpoint", "status", "code"],
+        ),
+        request_seconds=pc.Histogram(
+            "imageiq_request_seconds",
+            "Whole-request latency.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+        ),
+        decode_seconds=pc.Histogram(
+            "imageiq_decode_seconds",
+            "Image decoding per image.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+        ),
+        preprocess_seconds=pc.Histogram(
+            "imageiq_preprocess_seconds",
+            "Colour, resize and crop per image.",
+            _MODEL,
+            buckets=_LATENCY_BUCKETS,
+        ),
+        inference_seconds=pc.Histogram(
+            "imageiq_inference_seconds",
+            "Model forward pass per batch.",
+            _MODEL,
+            buckets=_LATENCY_BUCKETS,
+        ),
+        postprocess_seconds=pc.Histogram(
+            "imageiq_postprocess_seconds",
+            "Top-k and response shaping per image.",
+            _MODEL,
+            buckets=_LATENCY_BUCKETS,
+        ),
+        batch_size=pc.Histogram(
+            "imageiq_batch_size",
+            "Images per inference batch.",
+            _MODEL,
+            buckets=_BATCH_BUCKETS,
+        ),
+        model_ready=pc.Gauge(
+            "imageiq_model_ready",
+            "1 once the model is loaded and warmed up.",
+            _MODEL,
+            multiprocess_mode="max",
+        ),
+    )

@@ -1,0 +1,144 @@
+"""The eval transform, defined once and saved with every model.
+
+A :class:`PreprocessConfig` is stored in the model's metadata; training evaluation, offline
+prediction and the server all rebuild :class:`EvalTransform` from it. The transform is split
+in two so the server can batch the second half: ``to_uint8`` (colour, resize, crop; one image)
+and ``normalize`` (scale and standardise; a whole batch). ``__call__`` is the two composed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torchvision.models import WeightsEnum
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from imageiq.errors import UnsupportedImageFormat
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+
+
+class PreprocessConfig(BaseModel):
+    """Parameters of the eval transform (the way torchvision's weights carry theirs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resize_size: int = Field(ge=1, le=8192, description="Shorter side after resizing.")
+    crop_size: int = Field(ge=1, le=8192, description="Side of the centre crop fed to the model.")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: Interpolation = "bilinear"
+    # Transparent pixels are composited on this colour.
+    background: tuple[int, int, int] = (255, 255, 255)
+    # The longer side is capped at resize_size * max_aspect_ratio (then the crop pads), so an
+    # extreme panorama cannot blow up memory.
+    max_aspect_ratio: float = Field(16.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PreprocessConfig:
+        if self.crop_size > self.resize_size:
+            raise ValueError(f"crop_size {self.crop_size} > resize_size {self.resize_size}")
+        if min(self.std) <= 0:
+            raise ValueError("std must be positive")
+        return self
+
+    @classmethod
+    def for_weights(
+        cls, weights: WeightsEnum, *, crop_size: int, resize_size: int | None = None
+    ) -> PreprocessConfig:
+        """torchvision's own eval preset for ``weights``, scaled to ``crop_size``."""
+        preset = weights.transforms()
+        if resize_size is None:
+            ratio = preset.resize_size[0] / preset.crop_size[0]
+            resize_size = max(crop_size, round(crop_size * ratio))
+        return cls(
+            resize_size=resize_size,
+            crop_size=crop_size,
+            mean=tuple(preset.mean),
+            std=tuple(preset.std),
+            interpolation=preset.interpolation.value,
+        )
+
+
+class EvalTransform:
+    """PIL image -> normalised float tensor [3, crop, crop], per :class:`PreprocessConfig`."""
+
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config
+        self._interpolation = InterpolationMode(config.interpolation)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def to_uint8(self, image: Image.Image) -> torch.Tensor:
+        """One image -> uint8 tensor [3, crop, crop] (colour, resize, centre crop)."""
+        rgb = to_rgb(image, self.config.background)
+        resized = F.resize(
+            rgb,
+            list(self.resized_size(*rgb.size)),
+            interpolation=self._interpolation,
+            antialias=True,
+        )
+        return F.pil_to_tensor(F.center_crop(resized, [self.config.crop_size])).contiguous()
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) after resizing: shorter side to ``resize_size`` (as torchvision's
+        Resize), longer side capped by ``max_aspect_ratio``, neither below 1 pixel."""
+        short, long = min(width, height), max(width, height)
+        new_short, new_long = self.config.resize_size, int(self.config.resize_size * long / short)
+        cap = math.ceil(self.config.resize_size * self.config.max_aspect_ratio)
+        if new_long > cap:
+            new_short, new_long = max(1, int(cap * new_short / new_long)), cap
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 batch [N, 3, H, W] (on any device) -> standardised float32."""
+        mean, std = self._device_stats(batch.device)
+        return (batch.to(torch.float32) / 255.0 - mean) / std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.to_uint8(image).unsqueeze(0))[0]
+
+    def _device_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._stats:
+            mean = torch.tensor(self.config.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.config.std, dtype=torch.float32).view(1, 3, 1, 1)
+            self._stats[device] = (mean.to(device), std.to(device))
+        return self._stats[device]
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; alpha composited on ``background``."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        image = _to_8bit_gray(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    try:
+        if has_alpha:
+            rgba = image.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (*background, 255))
+            return Image.alpha_composite(canvas, rgba).convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except ValueError as e:  # e.g. LAB, which Pillow cannot convert without a profile
+        raise UnsupportedImageFormat(f"Unsupported colour mode {image.mode}: {e}") from e
+
+
+def _to_8bit_gray(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float grayscale -> 8-bit, by the range the mode implies."""
+    arr = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
+    elif image.mode == "I" and np.max(arr, initial=0.0) <= 255:
+        scale = 1.0
+    else:  # 16-bit data
+        scale = 255.0 / 65535.0
+    out = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(out)  # 2-D uint8 -> mode "L"

@@ -1,0 +1,145 @@
+"""The model registry: ImageIQ models in the BentoML model store.
+
+A registered model is ``<name>:<version>`` (default name ``imageiq-classifier``) holding
+``weights.pt`` (a state dict; no pickled code) and, in the store's metadata, a
+:class:`ModelCard`: architecture, labels, heads, preprocessing, metrics, dataset fingerprint,
+training config and creation time. Loading rebuilds the network from the card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import bentoml
+import torch
+import torchvision
+from bentoml.exceptions import NotFound as BentoNotFound
+from pydantic import BaseModel, ConfigDict, Field
+
+import imageiq
+from imageiq.architectures import ImageIQNet, build_model
+from imageiq.errors import ConfigurationError, ModelNotFound
+from imageiq.preprocessing import PreprocessConfig
+
+DEFAULT_MODEL_NAME = "imageiq-classifier"
+WEIGHTS_FILE = "weights.pt"
+CARD_VERSION = 1
+
+
+class ModelCard(BaseModel):
+    """Everything needed to rebuild, serve and judge a model; stored as store metadata."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    card_version: int = CARD_VERSION
+    architecture: str
+    labels: list[str] = Field(min_length=2)
+    # Attribute heads: head name -> its values, e.g. {"shiny": ["no", "yes"]}.
+    heads: dict[str, list[str]] = Field(default_factory=dict)
+    preprocessing: PreprocessConfig
+    metrics: dict[str, float] = Field(default_factory=dict)
+    dataset_fingerprint: str | None = None
+    training_config: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    software: dict[str, str] = Field(
+        default_factory=lambda: {
+            "imageiq": imageiq.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    card: ModelCard
+    path: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+def register_model(
+    net: ImageIQNet, card: ModelCard, *, name: str = DEFAULT_MODEL_NAME
+) -> RegisteredModel:
+    """Write ``net``'s weights and ``card`` to the store as a new version of ``name``."""
+    _check_matches(net, card)
+    metadata = _drop_none(card.model_dump(mode="json"))
+    with bentoml.models.create(
+        name,
+        labels={"architecture": card.architecture, "framework": "imageiq"},
+        metadata=metadata,
+    ) as stored:
+        torch.save(net.state_dict(), stored.path_of(WEIGHTS_FILE))
+    return RegisteredModel(stored.tag.name, str(stored.tag.version), card, stored.path)
+
+
+def get_model(tag: str) -> RegisteredModel:
+    """Resolve ``name:version`` (or ``name:latest``) to a registered ImageIQ model."""
+    try:
+        stored = bentoml.models.get(tag)
+    except BentoNotFound as e:
+        raise ModelNotFound(
+            f"No model {tag!r} in the model store. Train one with `imageiq train` "
+            "(or `make demo-model`), and list them with `imageiq models list`."
+        ) from e
+    except ValueError as e:  # malformed tag
+        raise ModelNotFound(f"Invalid model tag {tag!r}: {e}") from e
+    return _from_stored(stored)
+
+
+def load_model(
+    tag: str, *, device: str | torch.device = "cpu"
+) -> tuple[RegisteredModel, ImageIQNet]:
+    """The registered model and its network in eval mode on ``device``."""
+    model = get_model(tag)
+    card = model.card
+    net = build_model(
+        arch=card.architecture,
+        num_classes=len(card.labels),
+        heads={name: len(values) for name, values in card.heads.items()},
+    )
+    state = torch.load(f"{model.path}/{WEIGHTS_FILE}", map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return model, net.eval().to(device)
+
+
+def list_models(name: str = DEFAULT_MODEL_NAME) -> list[RegisteredModel]:
+    """Registered versions of ``name``, newest first."""
+    try:
+        stored = bentoml.models.list(name)
+    except BentoNotFound:
+        return []
+    stored = sorted(stored, key=lambda m: m.info.creation_time, reverse=True)
+    return [_from_stored(m) for m in stored]
+
+
+def _from_stored(stored: bentoml.Model) -> RegisteredModel:
+    try:
+        card = ModelCard.model_validate(stored.info.metadata)
+    except ValueError as e:
+        raise ConfigurationError(
+            f"{stored.tag} is in the model store but is not an ImageIQ model: {e}"
+        ) from e
+    return RegisteredModel(stored.tag.name, str(stored.tag.version), card, stored.path)
+
+
+def _drop_none(value: Any) -> Any:
+    """BentoML metadata holds basic types but not None; an absent key reads back as None."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+def _check_matches(net: ImageIQNet, card: ModelCard) -> None:
+    expected = {"label": len(card.labels), **{k: len(v) for k, v in card.heads.items()}}
+    actual = {name: head.out_features for name, head in net.heads.items()}
+    if expected != actual:
+        raise ConfigurationError(f"Card heads {expected} do not match the network's {actual}.")

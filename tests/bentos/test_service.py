@@ -1,0 +1,230 @@
+"""The real service over HTTP: ``bentoml serve`` in a subprocess (see conftest ``server``)."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imageiq.inference import Classifier
+from imageiq.parity import check_parity
+from tests.conftest import Server
+from tests.imageiq.images_helpers import encode, photo, png_header_only, variants
+
+pytestmark = pytest.mark.slow
+
+
+def classify(server: Server, files: dict | None = None, **kwargs: object) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/classify", files=files, timeout=60, **kwargs)
+
+
+def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    error = resp.json()["error"]
+    assert error["code"] == code
+    assert resp.headers["x-error-code"] == code
+    assert error["request_id"] == resp.headers["x-request-id"]
+    assert error["message"]
+    return error
+
+
+def test_health_endpoints(server: Server) -> None:
+    assert httpx.get(f"{server.url}/livez").status_code == 200
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_classify_a_digit(server: Server, digits_dir: Path) -> None:
+    path = digits_dir / "7" / "digit_0007.png"
+    resp = classify(server, {"image": ("seven.png", path.read_bytes(), "image/png")})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model"] == {"name": server.model.name, "version": server.model.version}
+    scores = [p["score"] for p in body["predictions"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores) and sum(scores) <= 1.0 + 1e-6
+    assert len({p["label"] for p in body["predictions"]}) == 5
+    offline = Classifier.load(server.model.tag).predict_images([photo_of(path)], top_k=5)[0]
+    assert body["predictions"][0]["label"] == offline.labels[0].label
+
+
+def photo_of(path: Path):
+    from imageiq.images import decode_image
+
+    return decode_image(path.read_bytes(), max_pixels=10**8)
+
+
+def test_serves_the_version_settings_name_not_the_latest(server: Server, newer_model) -> None:
+    assert newer_model.version != server.model.version  # a newer version exists in the store
+    resp = classify(server, {"image": ("a.png", encode(photo(), "PNG"))})
+    assert resp.json()["model"]["version"] == server.model.version
+
+
+@pytest.mark.parametrize(("top_k", "expected"), [("1", 1), ("3", 3), ("100", 10)])
+def test_top_k(server: Server, top_k: str, expected: int) -> None:
+    resp = classify(server, {"image": ("a.png", encode(photo(), "PNG"))}, data={"top_k": top_k})
+    assert resp.status_code == 200
+    assert len(resp.json()["predictions"]) == expected
+
+
+@pytest.mark.parametrize("top_k", ["0", "101", "-1", "abc", "2.5"])
+def test_invalid_top_k(server: Server, top_k: str) -> None:
+    resp = classify(server, {"image": ("a.png", encode(photo(), "PNG"))}, data={"top_k": top_k})
+    error = assert_error(resp, 422, "invalid_parameter")
+    assert "top_k" in error["message"]
+
+
+@pytest.mark.parametrize("name", sorted(variants()))
+def test_every_supported_format(server: Server, name: str) -> None:
+    # No content type, or a wrong one: the bytes decide, not the client's label.
+    resp = classify(server, {"image": (name, variants()[name], "application/octet-stream")})
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["predictions"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "code"),
+    [
+        (
+            {"image": ("notes.txt", b"just some text\n", "text/plain")},
+            415,
+            "unsupported_image_format",
+        ),
+        (
+            {"image": ("doc.pdf", b"%PDF-1.4\n%%EOF\n", "application/pdf")},
+            415,
+            "unsupported_image_format",
+        ),
+        ({"image": ("empty.png", b"", "image/png")}, 400, "empty_image"),
+        ({"picture": ("a.png", encode(photo(), "PNG"), "image/png")}, 422, "missing_image"),
+        ({"image": ("a.jpg", encode(photo(), "JPEG")[:300], "image/jpeg")}, 422, "corrupt_image"),
+        (
+            {"image": ("bomb.png", png_header_only(100_000, 100_000), "image/png")},
+            413,
+            "image_too_large",
+        ),
+        ({"image": ("big.png", png_header_only(1200, 1000), "image/png")}, 413, "image_too_large"),
+        (
+            {"image": ("huge.bmp", encode(photo(400, 300), "BMP"), "image/bmp")},
+            413,
+            "payload_too_large",
+        ),
+    ],
+)
+def test_bad_uploads_get_4xx_with_a_stable_code(
+    server: Server, files: dict, status: int, code: str
+) -> None:
+    assert_error(classify(server, files), status, code)
+
+
+def test_image_as_a_text_field_is_not_fetched_or_decoded(server: Server) -> None:
+    # A multipart part without a filename is a text field: never a URL to download.
+    resp = classify(server, {"image": (None, b"http://127.0.0.1:1/x.png")})
+    assert_error(resp, 422, "missing_image")
+
+
+def test_request_shapes_that_are_not_multipart(server: Server) -> None:
+    assert_error(httpx.post(f"{server.url}/v1/classify"), 415, "unsupported_media_type")
+    resp = httpx.post(f"{server.url}/v1/classify", json={"image": "aGVsbG8="})
+    assert_error(resp, 415, "unsupported_media_type")
+    resp = httpx.post(
+        f"{server.url}/v1/classify",
+        content=b"garbage",
+        headers={"content-type": "multipart/form-data"},
+    )
+    assert_error(resp, 400, "malformed_request")
+
+
+def test_oversized_bodies_are_refused_with_or_without_content_length(server: Server) -> None:
+    big = b"\0" * (2 * 1024 * 1024)
+    assert_error(classify(server, {"image": ("big.bin", big)}), 413, "payload_too_large")
+
+    def chunks():  # no Content-Length: the limit is enforced on the stream
+        boundary = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x"\r\n\r\n'
+        yield boundary
+        for _ in range(32):
+            yield b"\0" * 65536
+
+    resp = httpx.post(
+        f"{server.url}/v1/classify",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert_error(resp, 413, "payload_too_large")
+
+
+def test_unknown_routes_and_methods(server: Server) -> None:
+    assert_error(httpx.get(f"{server.url}/v1/nothing"), 404, "not_found")
+    assert_error(httpx.get(f"{server.url}/v1/classify"), 405, "method_not_allowed")
+    assert_error(httpx.delete(f"{server.url}/v1/classify"), 405, "method_not_allowed")
+
+
+def test_client_request_id_is_echoed(server: Server) -> None:
+    resp = httpx.post(f"{server.url}/v1/classify", headers={"X-Request-ID": "client-abc.123"})
+    assert resp.headers["x-request-id"] == "client-abc.123"
+    assert resp.json()["error"]["request_id"] == "client-abc.123"
+    hostile = httpx.post(f"{server.url}/v1/classify", headers={"X-Request-ID": "a b<script>"})
+    assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])
+
+
+def test_served_agrees_with_offline_under_concurrency(server: Server, digits_dir: Path) -> None:
+    """Train/serve parity through the real batching path, 8 clients at once."""
+    report = check_parity(
+        url=server.url, data=digits_dir, model=None, limit=400, concurrency=8, max_pixels=10**8
+    )
+    assert report.model == server.model.tag
+    assert report.images == 400
+    assert report.agreement >= 0.995, report.disagreements
+    assert report.max_score_diff < 1e-4
+
+
+def test_concurrent_requests_are_batched(server: Server) -> None:
+    def batches() -> tuple[float, float]:
+        text = httpx.get(f"{server.url}/metrics").text
+        count = float(re.search(r"^imageiq_batch_size_count\{.*\} (\S+)$", text, re.M).group(1))
+        total = float(re.search(r"^imageiq_batch_size_sum\{.*\} (\S+)$", text, re.M).group(1))
+        return count, total
+
+    before = batches()
+    data = encode(photo(), "PNG")
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(
+            pool.map(lambda _: classify(server, {"image": ("a.png", data)}).status_code, range(96))
+        )
+    assert codes == [200] * 96
+    count, total = (a - b for a, b in zip(batches(), before, strict=True))
+    assert total == 96
+    assert count < 96  # some requests shared a batch
+
+
+def test_metrics_expose_every_stage(server: Server) -> None:
+    classify(server, {"image": ("a.png", encode(photo(), "PNG"))})
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        "imageiq_requests_total",
+        "imageiq_request_seconds",
+        "imageiq_decode_seconds",
+        "imageiq_preprocess_seconds",
+        "imageiq_inference_seconds",
+        "imageiq_postprocess_seconds",
+        "imageiq_batch_size",
+        "imageiq_model_ready",
+    ):
+        assert name in text, name
+    assert 'imageiq_requests_total{code="",endpoint="/v1/classify",status="200"}' in text
+    assert 'code="unsupported_image_format"' in text or "415" not in text
+
+
+def test_openapi_documents_classify(server: Server) -> None:
+    spec = httpx.get(f"{server.url}/docs.json").json()
+    op = spec["paths"]["/v1/classify"]["post"]
+    assert "multipart/form-data" in op["requestBody"]["content"]
+    assert {"200", "413", "415", "422", "503"} <= set(op["responses"])
+
+
+def test_no_server_errors_were_logged(server: Server) -> None:
+    """Every hostile input above was a 4xx: nothing reached the 500 path."""
+    assert "unhandled error" not in server.log.read_text()

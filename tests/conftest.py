@@ -1,0 +1,159 @@
+"""Shared fixtures: a model store inside the work tree, real data, trained models, a server.
+
+The BentoML home is set before anything imports BentoML, so every test (and the server the
+service tests start) reads and writes ``.bentoml-test/`` in the repository, never ~/bentoml.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_HOME = ROOT / ".bentoml-test"
+shutil.rmtree(TEST_HOME, ignore_errors=True)
+os.environ["BENTOML_HOME"] = str(TEST_HOME)
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from imageiq.demo import write_digits  # noqa: E402
+from imageiq.registry import RegisteredModel  # noqa: E402
+from training.train import add_arguments  # noqa: E402
+from training.train import main as train_main  # noqa: E402
+
+
+def train_args(**overrides: object) -> Namespace:
+    import argparse
+
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--data", str(overrides.pop("data"))])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("digits")
+    write_digits(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny generated data: 3 classes (disc, square, bar) of 24 random 40x40 RGB images."""
+    dest = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for cls in ("bar", "disc", "square"):
+        (dest / cls).mkdir()
+        for i in range(24):
+            image = Image.new("RGB", (40, 40), tuple(int(c) for c in rng.integers(0, 80, 3)))
+            draw = ImageDraw.Draw(image)
+            x, y = (int(v) for v in rng.integers(4, 18, 2))
+            fill = tuple(int(c) for c in rng.integers(150, 255, 3))
+            if cls == "disc":
+                draw.ellipse((x, y, x + 18, y + 18), fill=fill)
+            elif cls == "square":
+                draw.rectangle((x, y, x + 18, y + 18), fill=fill)
+            else:
+                draw.rectangle((x, 2, x + 5, 37), fill=fill)
+            image.save(dest / cls / f"{cls}_{i:02d}.png")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_dir: Path) -> RegisteredModel:
+    """A real digits model (resnet18, 16 px, 3 epochs: seconds on 2 cores)."""
+    args = train_args(data=digits_dir, arch="resnet18", image_size=16, epochs=3, batch_size=64)
+    return train_main(args, max_image_pixels=50_000_000).model
+
+
+@pytest.fixture(scope="session")
+def newer_model(digits_dir: Path, digits_model: RegisteredModel) -> RegisteredModel:
+    """A second, later version of the same model name (a different architecture)."""
+    args = train_args(data=digits_dir, arch="mobilenet_v3_small", image_size=16, epochs=1)
+    return train_main(args, max_image_pixels=50_000_000).model
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, url: str, model: RegisteredModel, log: Path) -> None:
+        self.url, self.model, self.log = url, model, log
+
+
+@pytest.fixture(scope="session")
+def server(
+    digits_model: RegisteredModel,
+    newer_model: RegisteredModel,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    """``bentoml serve`` in a subprocess, pinned by settings to the *older* model version,
+    with small input limits so the limit tests need no huge uploads."""
+    import httpx
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {
+        **os.environ,
+        "IMAGEIQ_MODEL_VERSION": digits_model.version,
+        "IMAGEIQ_MAX_IMAGE_BYTES": str(256 * 1024),
+        "IMAGEIQ_MAX_IMAGE_PIXELS": str(1_000_000),
+        "IMAGEIQ_MAX_BATCH_SIZE": "8",
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "bentos.service:ImageClassifier",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield Server(url, digits_model, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the server and its workers
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

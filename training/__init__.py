@@ -1,0 +1,1 @@
+"""Training pipeline: data loading, the train loop, evaluation."""

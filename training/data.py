@@ -1,0 +1,109 @@
+"""Labelled images on disk: ImageFolder scanning, fingerprints, stratified splits, datasets."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+
+from imageiq.errors import DatasetError
+from imageiq.images import decode_image
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class ImageFolderIndex:
+    """``root/<class>/<image>`` files; classes sorted by name, as torchvision's ImageFolder."""
+
+    root: Path
+    classes: list[str]
+    paths: list[Path]
+    targets: list[int]
+
+
+def scan_image_folder(root: str | Path) -> ImageFolderIndex:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"Data directory {root} does not exist.")
+    classes, paths, targets = [], [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            f for f in class_dir.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            continue
+        classes.append(class_dir.name)
+        paths.extend(files)
+        targets.extend([len(classes) - 1] * len(files))
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{root} must hold one sub-directory of images per class, at least 2 classes; "
+            f"found {len(classes)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})."
+        )
+    return ImageFolderIndex(root, classes, paths, targets)
+
+
+def fingerprint(index: ImageFolderIndex) -> str:
+    """sha256 of the sorted (relative path, label, size) list: same files, same labels."""
+    digest = hashlib.sha256()
+    rows = sorted(
+        f"{p.relative_to(index.root).as_posix()}\t{index.classes[t]}\t{p.stat().st_size}\n"
+        for p, t in zip(index.paths, index.targets, strict=True)
+    )
+    for row in rows:
+        digest.update(row.encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def stratified_split(
+    targets: Sequence[int], *, val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Train and held-out indices with every class in the same proportion in both."""
+    counts = Counter(targets)
+    n_classes = len(counts)
+    n_val = round(len(targets) * val_fraction)
+    if min(counts.values()) < 2 or n_val < n_classes or len(targets) - n_val < n_classes:
+        raise DatasetError(
+            f"Cannot hold out {val_fraction:.0%} per class: {len(targets)} images over "
+            f"{n_classes} classes, the smallest has {min(counts.values())}. "
+            "Every class needs at least 2 images, and the held-out split one per class."
+        )
+    train, val = train_test_split(
+        list(range(len(targets))), test_size=n_val, stratify=list(targets), random_state=seed
+    )
+    return sorted(train), sorted(val)
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Decodes each file the way the server decodes an upload, then applies ``transform``."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        targets: Sequence[int],
+        transform: Callable[..., torch.Tensor],
+        *,
+        max_pixels: int,
+    ) -> None:
+        self.paths = list(paths)
+        self.targets = list(targets)
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path = self.paths[i]
+        try:
+            image = decode_image(path.read_bytes(), max_pixels=self.max_pixels)
+        except Exception as e:
+            raise DatasetError(f"Could not read {path}: {e}") from e
+        return self.transform(image), self.targets[i]
