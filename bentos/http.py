@@ -48,7 +48,7 @@ def error_response(error: errors.ImageIQError) -> JSONResponse:
     }
     if error.details:
         body["details"] = error.details
-    headers = {ERROR_CODE_HEADER: error.code}
+    headers = {ERROR_CODE_HEADER: error.code, REQUEST_ID_HEADER: request_id_var.get()}
     if error.status in (429, 503):
         headers["Retry-After"] = "1"
     return JSONResponse({"error": body}, status_code=error.status, headers=headers)
@@ -158,8 +158,9 @@ class RequestGuard:
             if message["type"] == "http.response.start":
                 started_response = True
                 status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", [])]
-                headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
+                name = REQUEST_ID_HEADER.lower().encode()
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
+                headers.append((name, request_id.encode()))
                 code = dict(headers).get(ERROR_CODE_HEADER.lower().encode(), b"").decode()
                 message = {**message, "headers": headers}
             await send(message)
@@ -209,15 +210,19 @@ class RequestGuard:
 
 
 INNER_APP_KEY = "imageiq.inner_app"
+INTERNAL_PREFIX = "/internal/"
 
 
 class InnerAppHandle:
-    """Service-level ASGI middleware that puts the app inside it in each request's scope.
+    """Service-level ASGI middleware: in-process access to the service's own endpoints.
 
-    ``/v1/classify`` sends its preprocessed tensor to the service's own ``batchable=True``
-    endpoint through this handle (httpx's in-process ASGI transport): the request reaches
-    BentoML's adaptive-batching dispatcher without a socket, and without BentoML's own
-    self-proxy, whose ASGI connector loses request bodies under concurrent load.
+    It puts the app inside it in each request's scope, so ``/v1/classify`` can send its
+    preprocessed tensor to the service's own ``batchable=True`` endpoint through httpx's
+    in-process ASGI transport: the request reaches BentoML's adaptive-batching dispatcher
+    without a socket, and without BentoML's self-proxy, whose ASGI connector loses request
+    bodies under concurrent load. Those calls enter *inside* this middleware; requests from
+    outside for ``/internal/...`` are answered 404 here, so the internal endpoint is no way
+    around the public API's limits.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -225,6 +230,14 @@ class InnerAppHandle:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if scope["path"].startswith(INTERNAL_PREFIX):
+                token = request_id_var.set(uuid.uuid4().hex)
+                try:
+                    response = error_response(errors.NotFound(f"No endpoint {scope['path']}."))
+                    await response(scope, receive, send)
+                finally:
+                    request_id_var.reset(token)
+                return
             scope[INNER_APP_KEY] = self.app
         await self.app(scope, receive, send)
 

@@ -42,6 +42,8 @@ from imageiq.runner import ModelRunner
 from imageiq.settings import Settings
 
 log = logging.getLogger("imageiq.service")
+# BentoML configures its own loggers only; let ImageIQ's INFO records (model ready, ...) through.
+logging.getLogger("imageiq").setLevel(logging.INFO)
 
 SETTINGS = Settings()
 # Room for the multipart envelope and the form fields around the image.

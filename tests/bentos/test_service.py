@@ -162,6 +162,11 @@ def test_unknown_routes_and_methods(server: Server) -> None:
     assert_error(httpx.delete(f"{server.url}/v1/classify"), 405, "method_not_allowed")
 
 
+def test_the_batching_endpoint_is_in_process_only(server: Server) -> None:
+    body = {"tensors": [{"shape": [3, 16, 16], "data": ""}]}
+    assert_error(httpx.post(f"{server.url}/internal/infer", json=body), 404, "not_found")
+
+
 def test_client_request_id_is_echoed(server: Server) -> None:
     resp = httpx.post(f"{server.url}/v1/classify", headers={"X-Request-ID": "client-abc.123"})
     assert resp.headers["x-request-id"] == "client-abc.123"
