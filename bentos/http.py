@@ -14,6 +14,7 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -62,7 +63,7 @@ async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     content_type = request.headers.get("content-type", "")
-    if request.method == "POST" and not content_type.startswith("multipart/form-data"):
+    if request.method == "POST" and not content_type.lower().startswith("multipart/form-data"):
         return error_response(
             errors.UnsupportedMediaType(
                 f"Send the image as multipart/form-data (got {content_type or 'no content type'})."
@@ -116,16 +117,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class RequestGuard:
-    """ASGI middleware: request id, request body cap, request metrics.
+    """ASGI middleware of the public API: request id, in-flight cap, deadline, body cap,
+    request metrics, and the envelope for anything that escapes the app.
 
-    A body over ``max_body_bytes`` is refused with 413: at once when Content-Length says so,
-    else as soon as the streamed bytes pass the cap (the app sees a disconnect, and its
-    response is replaced by the 413).
+    - More than ``max_in_flight`` requests at once: 503 ``overloaded`` at once.
+    - A body over ``max_body_bytes``: 413, at once when Content-Length says so, else as soon
+      as the streamed bytes pass the cap (the app sees a disconnect; its answer is replaced).
+    - Past ``timeout_s``: 504 ``timeout``.
+    - An exception: 500 ``internal_error``, logged with its traceback and the request id.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, max_in_flight: int, timeout_s: float
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.timeout_s = timeout_s
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,77 +145,108 @@ class RequestGuard:
             incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         )
         token = request_id_var.set(request_id)
+        exchange = _Exchange(scope, receive, send, request_id, self.max_body_bytes)
         started = time.perf_counter()
-        status, code = 500, ""
-        too_large = False
-        seen = 0
-
-        async def guarded_receive() -> Message:
-            nonlocal seen, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    too_large = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        started_response = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, code, started_response
-            if message["type"] == "http.response.start":
-                started_response = True
-                status = message["status"]
-                name = REQUEST_ID_HEADER.lower().encode()
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
-                headers.append((name, request_id.encode()))
-                code = dict(headers).get(ERROR_CODE_HEADER.lower().encode(), b"").decode()
-                message = {**message, "headers": headers}
-            await send(message)
-
         try:
-            declared = _header(scope, b"content-length")
-            if declared is not None and (
-                not declared.isdigit() or int(declared) > self.max_body_bytes
-            ):
-                response = error_response(self._too_large())
-                await response(scope, receive, send_with_id)
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await exchange.respond(refusal)
                 return
-            replaced = False
-
-            async def send_or_replace(message: Message) -> None:
-                nonlocal replaced
-                if too_large:
-                    if not replaced:
-                        replaced = True
-                        await error_response(self._too_large())(scope, receive, send_with_id)
-                    return
-                await send_with_id(message)
-
+            self.in_flight += 1
             try:
-                await self.app(scope, guarded_receive, send_or_replace)
-            except Exception:
-                log.exception("unhandled error (request %s)", request_id)
-                if started_response:
+                with anyio.fail_after(self.timeout_s):
+                    await self.app(scope, exchange.receive, exchange.send)
+            except TimeoutError:
+                if exchange.started:
                     raise
-                await error_response(
+                await exchange.respond(
+                    errors.Timeout(f"The request took longer than {self.timeout_s:g} s.")
+                )
+            except Exception:
+                if exchange.too_large and not exchange.started:  # the app choked on the cut
+                    await exchange.respond(_too_large(self.max_body_bytes))
+                    return
+                log.exception("unhandled error (request %s)", request_id)
+                if exchange.started:
+                    raise
+                await exchange.respond(
                     errors.ImageIQError(
                         "Internal error; the request id identifies it in the server log."
                     )
-                )(scope, receive, send_with_id)
+                )
+            finally:
+                self.in_flight -= 1
         finally:
             endpoint = _endpoint(scope)
             m = metrics()
-            m.requests.labels(endpoint, str(status), code).inc()
+            m.requests.labels(endpoint, str(exchange.status), exchange.code).inc()
             m.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
             request_id_var.reset(token)
 
-    def _too_large(self) -> errors.PayloadTooLarge:
-        return errors.PayloadTooLarge(
-            f"The request body is larger than {self.max_body_bytes} bytes.",
-            details={"max_bytes": self.max_body_bytes},
-        )
+    def _refusal(self, scope: Scope) -> errors.ImageIQError | None:
+        if self.in_flight >= self.max_in_flight:
+            return errors.Overloaded(
+                f"{self.in_flight} requests are in progress, the most this server takes; "
+                "retry shortly."
+            )
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            return _too_large(self.max_body_bytes)
+        return None
+
+
+class _Exchange:
+    """One request's receive/send, wrapped: counts body bytes, stamps the request id, and
+    remembers the status and error code for the metrics."""
+
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, max_body: int
+    ) -> None:
+        self.scope, self._receive, self._send = scope, receive, send
+        self.request_id = request_id
+        self.max_body = max_body
+        self.status, self.code = 500, ""
+        self.started = False
+        self.too_large = False
+        self._seen = 0
+        self._replaced = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._seen += len(message.get("body", b""))
+            if self._seen > self.max_body:
+                self.too_large = True
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.too_large:  # whatever the app answers to the cut-off body, the client gets 413
+            if not self._replaced:
+                self._replaced = True
+                await self.respond(_too_large(self.max_body))
+            return
+        await self._stamped_send(message)
+
+    async def respond(self, error: errors.ImageIQError) -> None:
+        await error_response(error)(self.scope, self._receive, self._stamped_send)
+
+    async def _stamped_send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            name = REQUEST_ID_HEADER.lower().encode()
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
+            headers.append((name, self.request_id.encode()))
+            self.code = dict(headers).get(ERROR_CODE_HEADER.lower().encode(), b"").decode()
+            message = {**message, "headers": headers}
+        await self._send(message)
+
+
+def _too_large(max_bytes: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(
+        f"The request body is larger than {max_bytes} bytes.", details={"max_bytes": max_bytes}
+    )
 
 
 INNER_APP_KEY = "imageiq.inner_app"

@@ -15,12 +15,12 @@ import logging
 import time
 from http import HTTPStatus
 
+import anyio
 import bentoml
 import httpx
 import torch
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp
 
 import imageiq
@@ -64,36 +64,48 @@ api = FastAPI(
     version=imageiq.__version__,
     description='Image classification. Errors: `{"error": {code, message, request_id}}`.',
 )
-api.add_middleware(RequestGuard, max_body_bytes=_MAX_BODY)
+api.add_middleware(
+    RequestGuard,
+    max_body_bytes=_MAX_BODY,
+    max_in_flight=SETTINGS.max_in_flight,
+    timeout_s=SETTINGS.request_timeout_s,
+)
+
+# Resolve the served model now ("latest" -> a concrete version): a store without it stops
+# start-up here, with a message that says how to get one.
+SERVED = get_model(SETTINGS.model_tag)
 
 
 @bentoml.service(
     name="imageiq",
     workers=1,
-    traffic={"timeout": SETTINGS.request_timeout_s},
+    # BentoML's own deadline sits behind RequestGuard's, which answers in the error envelope.
+    traffic={"timeout": SETTINGS.request_timeout_s + 10},
 )
 @bentoml.asgi_app(api, path="/v1")
 class ImageClassifier:
     """Classifies images with a registered ImageIQ model."""
 
     # Declared so `bentoml build` packages the served model with the bento.
-    model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
+    model_ref = bentoml.models.BentoModel(SERVED.tag)
 
     def __init__(self) -> None:
         self.settings = SETTINGS
-        # Resolve the tag now ("latest" -> a concrete version), so a missing model stops
-        # start-up with a clear message; the weights load in the background.
-        model = get_model(SETTINGS.model_tag)
-        self.model_name, self.model_version = model.name, model.version
+        self.model_name, self.model_version = SERVED.name, SERVED.version
+        metrics()  # register every metric now, before worker threads race to
+        # The weights load and warm up in the background; /readyz tells when.
         self.runner = ModelRunner(
-            tag=model.tag,
+            tag=SERVED.tag,
             device=SETTINGS.device,
-            threads=SETTINGS.torch_threads,
+            threads=SETTINGS.torch_threads or SETTINGS.cpu_count,
             warmup_batch_size=SETTINGS.warmup_batch_size,
+        )
+        self._decode_slots = anyio.CapacityLimiter(
+            SETTINGS.decode_concurrency or SETTINGS.cpu_count
         )
         self._labels = (self.model_name, self.model_version)
         self._batch_client: httpx.AsyncClient | None = None
-        log.info("serving %s (loading in the background)", model.tag)
+        log.info("serving %s (loading in the background)", SERVED.tag)
 
     def __is_ready__(self) -> bool:
         ready = self.runner.ready
@@ -169,7 +181,7 @@ class ImageClassifier:
                 + "."
             )
         data = await _read_upload(image, self.settings.max_image_bytes)
-        tensor = await run_in_threadpool(self._prepare, data)
+        tensor = await anyio.to_thread.run_sync(self._prepare, data, limiter=self._decode_slots)
         result = await self._infer_one(request.scope[INNER_APP_KEY], tensor)
         started = time.perf_counter()
         probs = {head: torch.tensor([p]) for head, p in (result.probabilities or {}).items()}
@@ -190,15 +202,16 @@ class ImageClassifier:
 
     async def _infer_one(self, app: ASGIApp, tensor: torch.Tensor) -> InferResult:
         """Queue one tensor on the batchable endpoint, in-process, and wait for its result."""
-        if self._batch_client is None:
+        if self._batch_client is None:  # no await before the assignment: one client only
+            # No timeout here: httpx's ASGI transport has none; RequestGuard's deadline rules.
             self._batch_client = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://imageiq.internal",
-                timeout=self.settings.request_timeout_s,
+                transport=httpx.ASGITransport(app=app), base_url="http://imageiq.internal"
             )
         body = {"tensors": [EncodedTensor.from_tensor(tensor).model_dump()]}
         resp = await self._batch_client.post("/internal/infer", json=body)
         if resp.status_code == HTTPStatus.SERVICE_UNAVAILABLE:
+            if not self.runner.ready:
+                raise errors.ModelNotReady(f"Model {SERVED.tag} is {self.runner.state}.")
             raise errors.Overloaded("The server is overloaded; retry shortly.")
         if resp.status_code != HTTPStatus.OK:
             raise RuntimeError(f"batching endpoint answered {resp.status_code}: {resp.text[:200]}")

@@ -202,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImageIQError as e:
         err_console.print(f"[red]error[/] ({e.code}): {e.message}")
         return 2
+    except ValidationError as e:  # e.g. a preprocessing config the arguments make invalid
+        err_console.print(f"[red]error[/] (invalid_argument): {e}")
+        return 2
 
 
 def run() -> None:

@@ -79,6 +79,10 @@ class Overloaded(ImageIQError):
     status, code = 503, "overloaded"
 
 
+class Timeout(ImageIQError):
+    status, code = 504, "timeout"
+
+
 # --- configuration and model store (raised by the CLI, training and start-up) ---------------
 class ConfigurationError(ImageIQError):
     status, code = 400, "configuration_error"

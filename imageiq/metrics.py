@@ -8,6 +8,7 @@ Labels are kept to a few values: endpoint, model name and version, status and er
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,17 @@ class Metrics:
     model_ready: Any
 
 
-@functools.cache
+_lock = threading.Lock()
+
+
 def metrics() -> Metrics:
+    """The metrics, created on the first call (from any thread; registered exactly once)."""
+    with _lock:
+        return _create()
+
+
+@functools.cache
+def _create() -> Metrics:
     import prometheus_client as pc
 
     return Metrics(

@@ -115,7 +115,10 @@ class EvalTransform:
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; alpha composited on ``background``."""
+    """Any Pillow mode -> 8-bit RGB; alpha composited on ``background``.
+
+    Written to keep few full-size copies: at the pixel limit every copy is hundreds of MB.
+    """
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         image = _to_8bit_gray(image)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
@@ -124,8 +127,9 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     try:
         if has_alpha:
             rgba = image.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (*background, 255))
-            return Image.alpha_composite(canvas, rgba).convert("RGB")
+            canvas = Image.new("RGB", rgba.size, background)
+            canvas.paste(rgba, mask=rgba)  # the alpha band is the mask
+            return canvas
         return image if image.mode == "RGB" else image.convert("RGB")
     except ValueError as e:  # e.g. LAB, which Pillow cannot convert without a profile
         raise UnsupportedImageFormat(f"Unsupported colour mode {image.mode}: {e}") from e
@@ -133,12 +137,16 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 
 def _to_8bit_gray(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit integer and float grayscale -> 8-bit, by the range the mode implies."""
-    arr = np.asarray(image, dtype=np.float64)
-    if image.mode == "F":
-        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
-    elif image.mode == "I" and np.max(arr, initial=0.0) <= 255:
-        scale = 1.0
-    else:  # 16-bit data
-        scale = 255.0 / 65535.0
-    out = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
+    if image.mode == "F":  # floats: 0..1 when they fit, else 0..255; one working copy
+        scaled = np.array(image, dtype=np.float32)
+        np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        if scaled.size and float(scaled.max()) <= 1.0:
+            scaled *= 255.0
+        np.clip(scaled, 0, 255, out=scaled)
+        return Image.fromarray(np.rint(scaled, out=scaled).astype(np.uint8))
+    arr = np.asarray(image)
+    if image.mode == "I" and (arr.size == 0 or int(arr.max()) <= 255):
+        out = np.clip(arr, 0, 255).astype(np.uint8)
+    else:  # 16-bit data: keep the high byte
+        out = (np.clip(arr, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
     return Image.fromarray(out)  # 2-D uint8 -> mode "L"

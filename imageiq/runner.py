@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -23,9 +22,7 @@ State = Literal["loading", "ready", "failed"]
 
 
 class ModelRunner:
-    def __init__(
-        self, *, tag: str, device: str, threads: int | None, warmup_batch_size: int
-    ) -> None:
+    def __init__(self, *, tag: str, device: str, threads: int, warmup_batch_size: int) -> None:
         self.tag = tag
         self.state: State = "loading"
         self.error: str | None = None
@@ -56,9 +53,9 @@ class ModelRunner:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _load(self, *, device: str, threads: int | None, warmup_batch_size: int) -> None:
+    def _load(self, *, device: str, threads: int, warmup_batch_size: int) -> None:
         try:
-            torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+            torch.set_num_threads(threads)
             classifier = Classifier.load(self.tag, device=device)
             warmup = torch.zeros((warmup_batch_size, *classifier.input_shape), dtype=torch.uint8)
             classifier.predict_proba(warmup)

@@ -6,6 +6,7 @@ passed down; nothing else reads the environment.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -34,8 +35,13 @@ class Settings(BaseSettings):
     # latency budget a queued request may spend before it is refused with 503.
     max_batch_size: int = Field(16, ge=2, le=1024)
     max_latency_ms: int = Field(5000, ge=10, le=600_000)
-    # Whole-request timeout (BentoML traffic timeout), seconds.
+    # Whole-request deadline, seconds; past it the client gets 504 "timeout".
     request_timeout_s: int = Field(60, ge=1, le=3600)
+    # Requests in progress at once on /v1; more are refused with 503 "overloaded".
+    max_in_flight: int = Field(64, ge=1, le=100_000)
+    # Images decoded and preprocessed at once (each can take hundreds of MB at the pixel
+    # limit); unset means one per available core. Others wait their turn.
+    decode_concurrency: int | None = Field(None, ge=1, le=256)
 
     # Input limits: bytes of one uploaded image, and pixels (width x height) read from the
     # image header before anything is decoded (decompression bombs are refused unallocated).
@@ -51,3 +57,8 @@ class Settings(BaseSettings):
     @property
     def model_tag(self) -> str:
         return f"{self.model_name}:{self.model_version}"
+
+    @property
+    def cpu_count(self) -> int:
+        """Cores this process may run on (its affinity mask, not the host's total)."""
+        return len(os.sched_getaffinity(0))

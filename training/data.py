@@ -51,15 +51,24 @@ def scan_image_folder(root: str | Path) -> ImageFolderIndex:
 
 
 def fingerprint(index: ImageFolderIndex) -> str:
-    """sha256 of the sorted (relative path, label, size) list: same files, same labels."""
+    """sha256 over the sorted (relative path, label, sha256 of the bytes) rows: the same
+    fingerprint means the same files with the same contents under the same labels."""
     digest = hashlib.sha256()
     rows = sorted(
-        f"{p.relative_to(index.root).as_posix()}\t{index.classes[t]}\t{p.stat().st_size}\n"
+        f"{p.relative_to(index.root).as_posix()}\t{index.classes[t]}\t{_file_sha256(p)}\n"
         for p, t in zip(index.paths, index.targets, strict=True)
     )
     for row in rows:
         digest.update(row.encode())
     return "sha256:" + digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def stratified_split(

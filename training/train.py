@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,18 +31,23 @@ from training.evaluate import classification_metrics, predict_loader
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="ImageFolder root: one directory per class")
     parser.add_argument("--arch", default="resnet18", help=f"one of {', '.join(ARCHITECTURES)}")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--image-size", type=int, default=224, help="side of the model input")
+    parser.add_argument("--epochs", type=_at_least(1), default=10)
+    parser.add_argument(
+        "--image-size", type=_at_least(8), default=224, help="side of the model input"
+    )
     parser.add_argument(
         "--resize-size",
-        type=int,
+        type=_at_least(8),
         default=None,
-        help="shorter side before the centre crop (default: --image-size)",
+        help="shorter side before the centre crop (default: --image-size without pretrained "
+        "weights, else the weights' own resize/crop ratio)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=_at_least(2), default=64)
+    parser.add_argument(
+        "--lr", type=_fraction(0, 10), default=2e-3, help="peak learning rate (AdamW)"
+    )
+    parser.add_argument("--weight-decay", type=_fraction(0, 10, closed=True), default=0.05)
+    parser.add_argument("--label-smoothing", type=_fraction(0, 1, closed=True), default=0.1)
     parser.add_argument(
         "--weights",
         choices=["none", "imagenet"],
@@ -53,12 +59,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="local state dict for the backbone (overrides --weights)",
     )
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--val-fraction", type=_fraction(0, 1), default=0.2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument(
+        "--workers", type=_at_least(0), default=0, help="DataLoader worker processes"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     return parser
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(low: float, high: float, *, closed: bool = False) -> Callable[[str], float]:
+    """A float in (low, high), or [low, high] when ``closed``."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        ok = low <= value <= high if closed else low < value < high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
+        return value
+
+    return parse
 
 
 @dataclass(frozen=True)
@@ -81,12 +112,13 @@ def main(
     train_idx, val_idx = stratified_split(
         index.targets, val_fraction=args.val_fraction, seed=args.seed
     )
-    resize = args.resize_size or args.image_size
-    if weights == "none":
-        preprocessing = PreprocessConfig(resize_size=resize, crop_size=args.image_size)
-    else:  # pretrained backbones expect the statistics of their own weights
+    if weights == "none":  # no crop margin unless asked: the whole image is seen
+        preprocessing = PreprocessConfig(
+            resize_size=args.resize_size or args.image_size, crop_size=args.image_size
+        )
+    else:  # a pretrained backbone keeps its weights' eval preset, scaled to --image-size
         preprocessing = PreprocessConfig.for_weights(
-            spec.imagenet_weights, crop_size=args.image_size, resize_size=resize
+            spec.imagenet_weights, crop_size=args.image_size, resize_size=args.resize_size
         )
     transform = EvalTransform(preprocessing)
     dataset = ImageDataset(index.paths, index.targets, transform, max_pixels=max_image_pixels)

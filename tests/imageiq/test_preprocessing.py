@@ -62,6 +62,21 @@ def test_16_bit_grayscale_is_scaled_not_clipped() -> None:
     assert to_rgb(image, (0, 0, 0)).getpixel((0, 0)) == (127, 127, 127)
 
 
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (np.full((4, 4), 0.5, np.float32), 128),
+        (np.full((4, 4), 200.0, np.float32), 200),
+        (np.full((4, 4), np.nan, np.float32), 0),
+        (np.full((4, 4), 9e9, np.float32), 255),
+    ],
+)
+def test_float_grayscale(values: np.ndarray, expected: int) -> None:
+    image = Image.fromarray(values)
+    assert image.mode == "F"
+    assert to_rgb(image, (0, 0, 0)).getpixel((0, 0)) == (expected,) * 3
+
+
 def test_normalize_is_the_same_for_one_image_or_a_batch() -> None:
     transform = EvalTransform(PreprocessConfig(resize_size=32, crop_size=32))
     images = [photo(seed=i) for i in range(5)]

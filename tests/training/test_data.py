@@ -32,6 +32,16 @@ def test_fingerprint_tracks_files_and_labels(tmp_path: Path, shapes_dir: Path) -
     assert fingerprint(scan_image_folder(copy)) != fingerprint(scan_image_folder(shapes_dir))
 
 
+def test_fingerprint_tracks_contents(tmp_path: Path, shapes_dir: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(shapes_dir, copy)
+    a, b = copy / "disc" / "disc_00.png", copy / "disc" / "disc_01.png"
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)  # same names, same labels, swapped contents
+    b.write_bytes(data_a)
+    assert fingerprint(scan_image_folder(copy)) != fingerprint(scan_image_folder(shapes_dir))
+
+
 def test_split_is_stratified_and_reproducible() -> None:
     targets = [0] * 50 + [1] * 30 + [2] * 20
     train, val = stratified_split(targets, val_fraction=0.2, seed=0)

@@ -46,6 +46,50 @@ def test_same_seed_same_metrics(shapes_dir: Path) -> None:
     assert run() == run()
 
 
+def test_pretrained_backbone_keeps_its_weights_preset(shapes_dir: Path, tmp_path: Path) -> None:
+    """--weights-file (the imagenet checkpoint, fetched by hand): the eval transform is the
+    weights' own preset (resize 256 / crop 224 for ResNet-18) scaled to --image-size."""
+    import torch
+    from torchvision import models
+
+    checkpoint = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(models.resnet18(weights=None).state_dict(), checkpoint)
+    args = train_args(
+        data=shapes_dir,
+        arch="resnet18",
+        image_size=32,
+        epochs=1,
+        batch_size=16,
+        weights_file=str(checkpoint),
+        model_name="pretrained",
+    )
+    card = get_model(main(args, max_image_pixels=10**8, console=Console(quiet=True)).model.tag).card
+    preset = models.ResNet18_Weights.DEFAULT.transforms()
+    assert card.preprocessing.crop_size == 32
+    assert card.preprocessing.resize_size == round(32 * preset.resize_size[0] / preset.crop_size[0])
+    assert card.preprocessing.mean == tuple(preset.mean)
+    assert card.training_config["weights_file"] == str(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--epochs", "0"],
+        ["--image-size", "0"],
+        ["--batch-size", "1"],
+        ["--val-fraction", "1"],
+        ["--lr", "-1"],
+        ["--workers", "-2"],
+    ],
+)
+def test_bad_arguments_exit_2(bad: list[str], shapes_dir: Path) -> None:
+    from imageiq.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--data", str(shapes_dir), *bad])
+    assert e.value.code == 2
+
+
 @pytest.mark.slow
 def test_demo_recipe_reaches_97_percent(digits_dir: Path) -> None:
     """The model `make serve` trains on first start (about 40 s on 2 cores)."""
