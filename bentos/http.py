@@ -66,7 +66,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if request.method == "POST" and not content_type.lower().startswith("multipart/form-data"):
         return error_response(
             errors.UnsupportedMediaType(
-                f"Send the image as multipart/form-data (got {content_type or 'no content type'})."
+                "Send the image as multipart/form-data "
+                f"(got {content_type[:100] or 'no content type'})."
             )
         )
     problems = [
