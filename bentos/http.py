@@ -164,8 +164,9 @@ class RequestGuard:
                     errors.Timeout(f"The request took longer than {self.timeout_s:g} s.")
                 )
             except Exception:
-                if exchange.too_large and not exchange.started:  # the app choked on the cut
-                    await exchange.respond(_too_large(self.max_body_bytes))
+                if exchange.too_large:  # the app choked on the body we cut: not a bug
+                    if not exchange.started:
+                        await exchange.respond(_too_large(self.max_body_bytes))
                     return
                 log.exception("unhandled error (request %s)", request_id)
                 if exchange.started:

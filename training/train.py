@@ -76,6 +76,7 @@ def _at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
 
+    parse.__name__ = "integer"  # argparse names the type in "invalid integer value: 'x'"
     return parse
 
 
@@ -89,6 +90,7 @@ def _fraction(low: float, high: float, *, closed: bool = False) -> Callable[[str
             raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
         return value
 
+    parse.__name__ = "number"
     return parse
 
 
