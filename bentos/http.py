@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -23,14 +23,22 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imageiq import errors
+from imageiq.logs import request_id_var
 from imageiq.metrics import metrics
 
 log = logging.getLogger("imageiq.http")
+access_log = logging.getLogger("imageiq.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 ERROR_CODE_HEADER = "X-Error-Code"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+# Per-request facts the endpoints note for the access log and metrics (model, batch sizes).
+NOTES_KEY = "imageiq.notes"
+
+
+def note(scope: Scope, **facts: Any) -> None:
+    scope.setdefault(NOTES_KEY, {}).update(facts)
+
 
 _STATUS_ERRORS: dict[int, type[errors.ImageIQError]] = {
     400: errors.MalformedRequest,
@@ -60,27 +68,12 @@ async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    content_type = request.headers.get("content-type", "")
-    if request.method == "POST" and not content_type.lower().startswith("multipart/form-data"):
-        return error_response(
-            errors.UnsupportedMediaType(
-                "Send the image as multipart/form-data "
-                f"(got {content_type[:100] or 'no content type'})."
-            )
-        )
     problems = [
         {"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
         for e in exc.errors()
     ]
-    if any(p["field"] == "image" for p in problems):
-        return error_response(
-            errors.MissingImage(
-                "The multipart field 'image' must carry an image file.",
-                details={"problems": problems},
-            )
-        )
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return error_response(errors.InvalidParameter(summary, details={"problems": problems}))
 
@@ -122,14 +115,22 @@ class RequestGuard:
     request metrics, and the envelope for anything that escapes the app.
 
     - More than ``max_in_flight`` requests at once: 503 ``overloaded`` at once.
-    - A body over ``max_body_bytes``: 413, at once when Content-Length says so, else as soon
-      as the streamed bytes pass the cap (the app sees a disconnect; its answer is replaced).
+    - A body over ``max_body_bytes(path)``: 413, at once when Content-Length says so, else as
+      soon as the streamed bytes pass the cap (the app sees a disconnect; its answer is
+      replaced).
     - Past ``timeout_s``: 504 ``timeout``.
     - An exception: 500 ``internal_error``, logged with its traceback and the request id.
+
+    Each request ends with one ``imageiq.access`` log record and its metrics.
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, max_in_flight: int, timeout_s: float
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: Callable[[str], int],
+        max_in_flight: int,
+        timeout_s: float,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -146,10 +147,11 @@ class RequestGuard:
             incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         )
         token = request_id_var.set(request_id)
-        exchange = _Exchange(scope, receive, send, request_id, self.max_body_bytes)
+        limit = self.max_body_bytes(scope["path"])
+        exchange = _Exchange(scope, receive, send, request_id, limit)
         started = time.perf_counter()
         try:
-            refusal = self._refusal(scope)
+            refusal = self._refusal(scope, limit)
             if refusal is not None:
                 await exchange.respond(refusal)
                 return
@@ -166,7 +168,7 @@ class RequestGuard:
             except Exception:
                 if exchange.too_large:  # the app choked on the body we cut: not a bug
                     if not exchange.started:
-                        await exchange.respond(_too_large(self.max_body_bytes))
+                        await exchange.respond(_too_large(limit))
                     return
                 log.exception("unhandled error (request %s)", request_id)
                 if exchange.started:
@@ -179,21 +181,42 @@ class RequestGuard:
             finally:
                 self.in_flight -= 1
         finally:
+            elapsed = time.perf_counter() - started
             endpoint = _endpoint(scope)
+            notes = scope.get(NOTES_KEY, {})
             m = metrics()
-            m.requests.labels(endpoint, str(exchange.status), exchange.code).inc()
-            m.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+            m.requests.labels(
+                endpoint, str(exchange.status), exchange.code, notes.get("model", "")
+            ).inc()
+            m.request_seconds.labels(endpoint).observe(elapsed)
+            access_log.info(
+                "%s %s %d %s",
+                scope.get("method"),
+                scope.get("path"),
+                exchange.status,
+                exchange.code or "ok",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "endpoint": endpoint,
+                    "status": exchange.status,
+                    "code": exchange.code or None,
+                    "latency_ms": round(elapsed * 1000, 2),
+                    "body_bytes": exchange.body_bytes,
+                    **notes,
+                },
+            )
             request_id_var.reset(token)
 
-    def _refusal(self, scope: Scope) -> errors.ImageIQError | None:
+    def _refusal(self, scope: Scope, limit: int) -> errors.ImageIQError | None:
         if self.in_flight >= self.max_in_flight:
             return errors.Overloaded(
                 f"{self.in_flight} requests are in progress, the most this server takes; "
                 "retry shortly."
             )
         declared = _header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            return _too_large(self.max_body_bytes)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return _too_large(limit)
         return None
 
 
@@ -210,14 +233,14 @@ class _Exchange:
         self.status, self.code = 500, ""
         self.started = False
         self.too_large = False
-        self._seen = 0
+        self.body_bytes = 0
         self._replaced = False
 
     async def receive(self) -> Message:
         message = await self._receive()
         if message["type"] == "http.request":
-            self._seen += len(message.get("body", b""))
-            if self._seen > self.max_body:
+            self.body_bytes += len(message.get("body", b""))
+            if self.body_bytes > self.max_body:
                 self.too_large = True
                 return {"type": "http.disconnect"}
         return message
@@ -249,39 +272,6 @@ def _too_large(max_bytes: int) -> errors.PayloadTooLarge:
     return errors.PayloadTooLarge(
         f"The request body is larger than {max_bytes} bytes.", details={"max_bytes": max_bytes}
     )
-
-
-INNER_APP_KEY = "imageiq.inner_app"
-INTERNAL_PREFIX = "/internal/"
-
-
-class InnerAppHandle:
-    """Service-level ASGI middleware: in-process access to the service's own endpoints.
-
-    It puts the app inside it in each request's scope, so ``/v1/classify`` can send its
-    preprocessed tensor to the service's own ``batchable=True`` endpoint through httpx's
-    in-process ASGI transport: the request reaches BentoML's adaptive-batching dispatcher
-    without a socket, and without BentoML's self-proxy, whose ASGI connector loses request
-    bodies under concurrent load. Those calls enter *inside* this middleware; requests from
-    outside for ``/internal/...`` are answered 404 here, so the internal endpoint is no way
-    around the public API's limits.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            if scope["path"].startswith(INTERNAL_PREFIX):
-                token = request_id_var.set(uuid.uuid4().hex)
-                try:
-                    response = error_response(errors.NotFound(f"No endpoint {scope['path']}."))
-                    await response(scope, receive, send)
-                finally:
-                    request_id_var.reset(token)
-                return
-            scope[INNER_APP_KEY] = self.app
-        await self.app(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -70,6 +70,14 @@ class CorruptImage(ImageIQError):
     status, code = 422, "corrupt_image"
 
 
+class InvalidBase64(ImageIQError):
+    status, code = 422, "invalid_base64"
+
+
+class TooManyImages(ImageIQError):
+    status, code = 413, "too_many_images"
+
+
 # --- availability (5xx) ---------------------------------------------------------------------
 class ModelNotReady(ImageIQError):
     status, code = 503, "model_not_ready"

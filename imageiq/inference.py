@@ -6,14 +6,17 @@ and the parity check all call, so served and offline predictions come from one c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from PIL import Image
 
 from imageiq.architectures import MAIN_HEAD, ImageIQNet
 from imageiq.errors import ConfigurationError
+from imageiq.images import DecodedImage, read_image
 from imageiq.preprocessing import EvalTransform
 from imageiq.registry import RegisteredModel, load_model
 
@@ -32,6 +35,18 @@ class Prediction:
     attributes: dict[str, ScoredLabel] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How the forward pass runs; chosen by measurement (docs/performance.md)."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -41,24 +56,53 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Classifier:
-    def __init__(self, model: RegisteredModel, net: ImageIQNet, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: RegisteredModel,
+        net: ImageIQNet,
+        device: torch.device,
+        options: InferenceOptions | None = None,
+    ) -> None:
         self.model = model
-        self.net = net.eval().to(device)
+        self.options = options or InferenceOptions()
+        if self.options.precision == "fp16" and device.type != "cuda":
+            raise ConfigurationError(
+                "precision 'fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'."
+            )
         self.device = device
         self.transform = EvalTransform(model.card.preprocessing)
         self.labels = model.card.labels
         self.heads = model.card.heads
+        net = net.eval().to(device)
+        if self.options.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self._forward = net
+        if self.options.compile:
+            from torch import _dynamo
+
+            # Every new batch size is a new shape; past the default limit of 8 recompiles
+            # dynamo silently falls back to eager, losing the gain.
+            _dynamo.config.recompile_limit = 64
+            self._forward = torch.compile(net, dynamic=True)  # type: ignore[assignment]
 
     @classmethod
-    def load(cls, tag: str, *, device: str = "cpu") -> Classifier:
+    def load(
+        cls, tag: str, *, device: str = "cpu", options: InferenceOptions | None = None
+    ) -> Classifier:
         dev = resolve_device(device)
         model, net = load_model(tag, device=dev)
-        return cls(model, net, dev)
+        return cls(model, net, dev, options)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         size = self.model.card.preprocessing.crop_size
         return (3, size, size)
+
+    def decode(self, data: bytes, *, max_pixels: int, draft: bool = True) -> DecodedImage:
+        """Untrusted bytes -> image; large JPEGs drafted down towards what the model needs."""
+        size = self.transform.config.resize_size if draft else None
+        return read_image(data, max_pixels=max_pixels, draft_size=size)
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """One decoded image -> uint8 [3, S, S]; cheap enough for a request thread."""
@@ -67,8 +111,19 @@ class Classifier:
     @torch.inference_mode()
     def predict_proba(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 [N, 3, S, S] -> softmax probabilities per head, float32 on the CPU."""
+        if self.device.type == "cuda":  # page-locked: the copy to the GPU runs asynchronously
+            batch = batch.pin_memory()
         x = self.transform.normalize(batch.to(self.device, non_blocking=True))
-        logits = self.net(x)
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = _DTYPES.get(self.options.precision)
+        autocast = (
+            torch.autocast(self.device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            logits = self._forward(x)
         return {name: torch.softmax(out.float(), dim=1).cpu() for name, out in logits.items()}
 
     def predict(self, batch: torch.Tensor, *, top_k: int = 5) -> list[Prediction]:

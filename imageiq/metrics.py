@@ -2,7 +2,8 @@
 
 Built on first use, inside the BentoML worker: ``prometheus_client`` must be imported after
 the worker has set ``PROMETHEUS_MULTIPROC_DIR``, or the metrics never reach ``/metrics``.
-Labels are kept to a few values: endpoint, model name and version, status and error code.
+Labels are kept to a few values: endpoint, model name and version (only served ones), status
+and error code.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _MODEL = ("model_name", "model_version")
 
 
@@ -27,6 +29,9 @@ class Metrics:
     postprocess_seconds: Any
     batch_size: Any
     model_ready: Any
+    confidence: Any
+    images_rejected: Any
+    reloads: Any
 
 
 _lock = threading.Lock()
@@ -45,8 +50,8 @@ def _create() -> Metrics:
     return Metrics(
         requests=pc.Counter(
             "imageiq_requests",
-            "API requests by endpoint, HTTP status and error code.",
-            ["endpoint", "status", "code"],
+            "API requests by endpoint, HTTP status, error code and model (name:version).",
+            ["endpoint", "status", "code", "model"],
         ),
         request_seconds=pc.Histogram(
             "imageiq_request_seconds",
@@ -89,5 +94,21 @@ def _create() -> Metrics:
             "1 once the model is loaded and warmed up.",
             _MODEL,
             multiprocess_mode="max",
+        ),
+        confidence=pc.Histogram(
+            "imageiq_prediction_confidence",
+            "Top-1 score of each prediction (a shifting distribution hints at drift).",
+            _MODEL,
+            buckets=_CONFIDENCE_BUCKETS,
+        ),
+        images_rejected=pc.Counter(
+            "imageiq_images_rejected",
+            "Images refused before inference, by reason (the error code).",
+            ["endpoint", "reason"],
+        ),
+        reloads=pc.Counter(
+            "imageiq_model_reloads",
+            "Settings-driven model reloads, by outcome (ok, failed).",
+            ["status"],
         ),
     )

@@ -14,7 +14,6 @@ import httpx
 import torch
 
 from imageiq.errors import ConfigurationError
-from imageiq.images import decode_image
 from imageiq.inference import Classifier
 from training.data import IMAGE_EXTENSIONS
 
@@ -68,7 +67,10 @@ def check_parity(
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         batch = torch.stack(
-            [classifier.prepare(decode_image(p.read_bytes(), max_pixels=max_pixels)) for p in chunk]
+            [
+                classifier.prepare(classifier.decode(p.read_bytes(), max_pixels=max_pixels).image)
+                for p in chunk
+            ]
         )
         offline += [
             (p.labels[0].label, p.labels[0].score) for p in classifier.predict(batch, top_k=1)

@@ -1,39 +1,71 @@
-"""The one settings object (environment variables prefixed ``IMAGEIQ_``).
+"""The one settings object (environment variables prefixed ``IMAGEIQ_``, and an optional
+YAML config file).
 
 It is built once at each entry point (the CLI's ``main``, the BentoML service module) and
-passed down; nothing else reads the environment.
+passed down; nothing else reads the environment. The service builds it again when the
+config file changes, to pick up the reloadable keys (:data:`RELOADABLE`) without a restart.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 MiB = 1024 * 1024
 
 # BentoML tag rules: lowercase letters, digits, '-', '_' and '.', 63 characters at most.
-TAG_PART = r"^[a-z0-9]([a-z0-9._-]{0,62})$"
+TAG_PART = r"[a-z0-9]([a-z0-9._-]{0,62})"
+MODEL_TAG = rf"^{TAG_PART}(:{TAG_PART})?$"
+DEFAULT_MODEL = "imageiq-classifier:latest"
+
+# Keys that take effect on a config-file reload; the others need a restart.
+RELOADABLE = frozenset({"models", "active_model"})
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMAGEIQ_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="IMAGEIQ_", frozen=True, extra="forbid")
 
-    # Which registered model to serve: a name in the BentoML model store and a version,
-    # where "latest" is the most recently registered one.
-    model_name: str = Field("imageiq-classifier", pattern=TAG_PART)
-    model_version: str = Field("latest", pattern=TAG_PART)
+    # The models to serve side by side, as registered tags "name:version" ("name" alone or
+    # "name:latest" is the newest registered version). Environment: a comma-separated list
+    # or a JSON array. Each has its own adaptive-batching queue.
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_MODEL])
+    # The model a request gets when it names none: a name or name:version among `models`;
+    # unset means the first one.
+    active_model: str | None = Field(None, pattern=MODEL_TAG)
+    # A YAML file of settings (same keys, without the prefix) that overrides the environment.
+    # The service re-reads it every `reload_interval_s` seconds and applies a changed
+    # `models` / `active_model` without a restart (a mounted ConfigMap, for example).
+    config_file: Path | None = None
+    reload_interval_s: float = Field(5.0, ge=0.0, le=3600.0)  # 0: never re-read
 
     # Inference placement. "auto" uses CUDA when a GPU is visible, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Intra-op threads for the model thread; unset means one per available core.
     torch_threads: int | None = Field(None, ge=1, le=256)
+    # Numeric precision of the forward pass: fp32, or autocast to bf16 (CPUs with AVX512-BF16
+    # or AMX, and GPUs) or fp16 (GPUs). See docs/performance.md for the measured trade-off.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Channels-last memory format (faster convolutions with bf16/fp16 on CPU and GPU).
+    channels_last: bool = False
+    # torch.compile the network at load (slower start, faster steady state).
+    compile: bool = False
 
-    # Adaptive batching (BentoML's dispatcher): the largest batch it may form, and the
-    # latency budget a queued request may spend before it is refused with 503.
-    max_batch_size: int = Field(16, ge=2, le=1024)
+    # Adaptive batching (BentoML's dispatcher, one queue per model): the largest batch it may
+    # form (1 turns batching off), and the latency budget a queued image may spend before it
+    # is refused with 503.
+    max_batch_size: int = Field(16, ge=1, le=1024)
     max_latency_ms: int = Field(5000, ge=10, le=600_000)
     # Whole-request deadline, seconds; past it the client gets 504 "timeout".
     request_timeout_s: int = Field(60, ge=1, le=3600)
@@ -42,11 +74,17 @@ class Settings(BaseSettings):
     # Images decoded and preprocessed at once (each can take hundreds of MB at the pixel
     # limit); unset means one per available core. Others wait their turn.
     decode_concurrency: int | None = Field(None, ge=1, le=256)
+    # Decode large JPEGs at a reduced scale (Pillow's draft mode) when the model needs fewer
+    # pixels: several times faster on camera photos. See docs/performance.md.
+    jpeg_draft: bool = True
 
     # Input limits: bytes of one uploaded image, and pixels (width x height) read from the
     # image header before anything is decoded (decompression bombs are refused unallocated).
     max_image_bytes: int = Field(20 * MiB, ge=1024)
     max_image_pixels: int = Field(50_000_000, ge=1)
+    # Images in one /v1/classify/batch request, and that request's whole body.
+    max_batch_images: int = Field(32, ge=1, le=1024)
+    max_batch_request_bytes: int = Field(128 * MiB, ge=1024)
 
     # Predictions returned when the request does not say.
     default_top_k: int = Field(5, ge=1, le=100)
@@ -54,11 +92,109 @@ class Settings(BaseSettings):
     # Images in the one warm-up batch that runs before /readyz turns ready.
     warmup_batch_size: int = Field(1, ge=1, le=1024)
 
+    # Service logs: one JSON object per line (for log shippers), or plain text.
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            value = [v.strip() if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        import re
+
+        if not value:
+            raise ValueError("at least one model must be served")
+        for tag in value:
+            if not re.match(MODEL_TAG, tag):
+                raise ValueError(f"{tag!r} is not a model tag (name or name:version)")
+        tags = [normalize_tag(t) for t in value]
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"a model is listed twice: {value}")
+        return tags
+
+    @model_validator(mode="after")
+    def _check_active(self) -> Settings:
+        if self.active_model is not None and not any(
+            tag_matches(self.active_model, t) for t in self.models
+        ):
+            raise ValueError(
+                f"active_model {self.active_model!r} is not one of the served models {self.models}"
+            )
+        return self
+
     @property
     def model_tag(self) -> str:
-        return f"{self.model_name}:{self.model_version}"
+        """The active model's tag (what a request that names no model gets)."""
+        if self.active_model is None:
+            return self.models[0]
+        return next(t for t in self.models if tag_matches(self.active_model, t))
+
+    @property
+    def model_name(self) -> str:
+        return self.model_tag.split(":", 1)[0]
 
     @property
     def cpu_count(self) -> int:
         """Cores this process may run on (its affinity mask, not the host's total)."""
         return len(os.sched_getaffinity(0))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _ConfigFile(settings_cls, init_settings, env_settings), env_settings)
+
+
+def normalize_tag(tag: str) -> str:
+    """``name`` -> ``name:latest``."""
+    return tag if ":" in tag else f"{tag}:latest"
+
+
+def tag_matches(ref: str, tag: str) -> bool:
+    """Whether ``ref`` (a name, or name:version) designates ``tag`` (name:version)."""
+    return ref == tag if ":" in ref else tag.split(":", 1)[0] == ref
+
+
+class _ConfigFile(PydanticBaseSettingsSource):
+    """The YAML file named by ``config_file`` (from the constructor or the environment)."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        init: PydanticBaseSettingsSource,
+        env: PydanticBaseSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._path = init().get("config_file") or env().get("config_file")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ below reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        if not self._path:
+            return {}
+        path = Path(self._path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ValueError(f"cannot read config file {path}: {e.strerror or e}") from e
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must be a mapping of setting: value")
+        return {str(k): v for k, v in data.items()}

@@ -12,7 +12,6 @@ from torch import nn
 
 from imageiq.architectures import MAIN_HEAD
 from imageiq.errors import DatasetError
-from imageiq.images import decode_image
 from imageiq.inference import Classifier
 from training.data import ImageFolderIndex
 
@@ -69,7 +68,9 @@ def evaluate_folder(
         classifier.predict_proba(
             torch.stack(
                 [
-                    classifier.prepare(decode_image(p.read_bytes(), max_pixels=max_pixels))
+                    classifier.prepare(
+                        classifier.decode(p.read_bytes(), max_pixels=max_pixels).image
+                    )
                     for p in chunk
                 ]
             )

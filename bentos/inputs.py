@@ -1,0 +1,198 @@
+"""Reading the two request shapes of the classify endpoints into images and options.
+
+``multipart/form-data`` (files in ``image`` / ``images``, options as fields) or JSON
+(``image_b64`` / ``images_b64`` and options as keys); options may also come in the query
+string. Unknown fields are refused, so a typo such as ``topk`` is a 422, not a silent
+default. For the batch endpoint a bad image does not fail the request: it becomes an
+:class:`Upload` with an ``error``, answered in that image's result.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from bentos.schemas import BatchJSON, ClassifyJSON, ClassifyParams
+from imageiq import errors
+
+M = TypeVar("M", bound=BaseModel)
+MULTIPART = "multipart/form-data"
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes = b""
+    error: errors.ImageIQError | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_image_bytes: int
+    max_images: int
+    default_top_k: int
+
+
+async def read_classify(request: Request, limits: Limits) -> tuple[ClassifyParams, Upload]:
+    kind = _content_kind(request)
+    if kind == JSON:
+        body = _validated(
+            ClassifyJSON, await _json(request), limits, request=request, file_field="image_b64"
+        )
+        upload = _from_b64(body.image_b64, None, limits)
+        if upload.error:
+            raise upload.error
+        return _params(body), upload
+    form = await request.form(max_files=2, max_fields=16)
+    try:
+        files = form.getlist("image")
+        fields = {k: v for k, v in form.multi_items() if k != "image"}
+        params = _validated(ClassifyParams, fields, limits, request=request, file_field="image")
+        if not files or not isinstance(files[0], UploadFile):
+            raise errors.MissingImage("The multipart field 'image' must carry an image file.")
+        if len(files) > 1:
+            raise errors.InvalidParameter(
+                "Send one 'image' per request; several go to /v1/classify/batch."
+            )
+        upload = await _from_file(files[0], limits)
+    finally:
+        await form.close()
+    if upload.error:
+        raise upload.error
+    return params, upload
+
+
+async def read_batch(request: Request, limits: Limits) -> tuple[ClassifyParams, list[Upload]]:
+    kind = _content_kind(request)
+    if kind == JSON:
+        payload = await _json(request)
+        if isinstance(payload, dict) and isinstance(payload.get("images_b64"), list):
+            _check_count(len(payload["images_b64"]), limits)
+        body = _validated(BatchJSON, payload, limits, request=request, file_field="images_b64")
+        return _params(body), [_from_b64(b64, None, limits) for b64 in body.images_b64]
+    form = await request.form(max_files=limits.max_images + 1, max_fields=limits.max_images + 16)
+    try:
+        items = form.getlist("images")
+        _check_count(len(items), limits)
+        fields = {k: v for k, v in form.multi_items() if k != "images"}
+        params = _validated(ClassifyParams, fields, limits, request=request, file_field="images")
+        uploads = []
+        for i, item in enumerate(items):
+            if isinstance(item, UploadFile):
+                uploads.append(await _from_file(item, limits))
+            else:
+                uploads.append(
+                    Upload(
+                        None, error=errors.MissingImage(f"images[{i}] is a text value, not a file.")
+                    )
+                )
+    finally:
+        await form.close()
+    return params, uploads
+
+
+def _content_kind(request: Request) -> str:
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == MULTIPART or (media == JSON or media.endswith("+json")):
+        return MULTIPART if media == MULTIPART else JSON
+    raise errors.UnsupportedMediaType(
+        "Send multipart/form-data (image files) or application/json (base64 images); "
+        f"got {content_type[:100] or 'no content type'}."
+    )
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        raise errors.MalformedRequest("The JSON body is empty.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise errors.MalformedRequest(f"The body is not valid JSON ({e}).") from None
+
+
+def _validated(
+    model: type[M], payload: Any, limits: Limits, *, request: Request, file_field: str
+) -> M:
+    if not isinstance(payload, dict):
+        raise errors.InvalidRequest("The JSON body must be an object.")
+    data = {"top_k": limits.default_top_k, **request.query_params, **payload}
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": _message(err)}
+            for err in e.errors(include_url=False)
+        ]
+        if any(p["field"].split(".")[0] == file_field for p in problems):
+            raise errors.MissingImage(
+                f"'{file_field}' is missing or not what it should be.",
+                details={"problems": problems},
+            ) from None
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise errors.InvalidParameter(summary, details={"problems": problems}) from None
+
+
+def _params(body: ClassifyParams) -> ClassifyParams:
+    return ClassifyParams(top_k=body.top_k, min_confidence=body.min_confidence, model=body.model)
+
+
+def _check_count(n: int, limits: Limits) -> None:
+    if n == 0:
+        raise errors.MissingImage("Send at least one image in 'images'.")
+    if n > limits.max_images:
+        raise errors.TooManyImages(
+            f"{n} images in one request; at most {limits.max_images} are accepted.",
+            details={"max_images": limits.max_images},
+        )
+
+
+async def _from_file(upload: UploadFile, limits: Limits) -> Upload:
+    data = await upload.read(limits.max_image_bytes + 1)
+    return _checked(upload.filename, data, limits)
+
+
+def _from_b64(text: str, filename: str | None, limits: Limits) -> Upload:
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    text = "".join(text.split())  # line-wrapped base64 (MIME) is common
+    if len(text) > (limits.max_image_bytes + 2) // 3 * 4 + 4:
+        return Upload(filename, error=_too_large(limits))
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError):
+            return Upload(filename, error=errors.InvalidBase64("The image is not valid base64."))
+    return _checked(filename, data, limits)
+
+
+def _checked(filename: str | None, data: bytes, limits: Limits) -> Upload:
+    if len(data) > limits.max_image_bytes:
+        return Upload(filename, error=_too_large(limits))
+    if not data:
+        return Upload(filename, error=errors.EmptyImage("The image is empty (0 bytes)."))
+    return Upload(filename, data)
+
+
+def _too_large(limits: Limits) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(
+        f"The image is larger than {limits.max_image_bytes} bytes.",
+        details={"max_bytes": limits.max_image_bytes},
+    )
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "string_pattern_mismatch" and error["loc"] == ("model",):
+        return "not a model tag: a name or name:version, lowercase"
+    return str(error["msg"])
