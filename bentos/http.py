@@ -274,6 +274,43 @@ def _too_large(max_bytes: int) -> errors.PayloadTooLarge:
     )
 
 
+class EnvelopeOutsideApi:
+    """Service-level ASGI middleware: BentoML's plain-text 404 and 405 for paths outside the
+    API (``/foo``, ``/internal/...``) leave in the same JSON error envelope as the API's."""
+
+    def __init__(self, app: ASGIApp, *, api_prefix: str = "/v1") -> None:
+        self.app = app
+        self.api_prefix = api_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path == self.api_prefix
+            or path.startswith(self.api_prefix + "/")
+        ):
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] in (404, 405):
+                replaced = True
+                token = request_id_var.set(uuid.uuid4().hex)
+                try:
+                    cls = errors.NotFound if message["status"] == 404 else errors.MethodNotAllowed
+                    error = cls(f"No endpoint {scope.get('method')} {path}.")
+                    await error_response(error)(scope, receive, send)
+                finally:
+                    request_id_var.reset(token)
+                return
+            if not replaced:
+                await send(message)
+
+        await self.app(scope, receive, guarded_send)
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key.lower() == name:

@@ -54,10 +54,10 @@ async def read_classify(request: Request, limits: Limits) -> tuple[ClassifyParam
     form = await request.form(max_files=2, max_fields=16)
     try:
         files = form.getlist("image")
-        fields = {k: v for k, v in form.multi_items() if k != "image"}
-        params = _validated(ClassifyParams, fields, limits, request=request, file_field="image")
         if not files or not isinstance(files[0], UploadFile):
             raise errors.MissingImage("The multipart field 'image' must carry an image file.")
+        fields = {k: v for k, v in form.multi_items() if k != "image"}
+        params = _validated(ClassifyParams, fields, limits, request=request, file_field="image")
         if len(files) > 1:
             raise errors.InvalidParameter(
                 "Send one 'image' per request; several go to /v1/classify/batch."

@@ -25,7 +25,7 @@ import torch
 from fastapi import FastAPI, Query, Request
 
 import imageiq
-from bentos.http import RequestGuard, install_error_handlers, note
+from bentos.http import EnvelopeOutsideApi, RequestGuard, install_error_handlers, note
 from bentos.inputs import Limits, Upload, read_batch, read_classify
 from bentos.schemas import (
     BatchItemOut,
@@ -352,8 +352,6 @@ class ImageClassifier:
         except errors.Overloaded as e:
             return _Outcome(error=e)
         done = time.perf_counter()
-        m.inference_seconds.labels(*labels).observe(out.inference_s)
-        m.batch_size.labels(*labels).observe(out.batch_size)
         batches = request.scope.setdefault("imageiq.batch_sizes", [])
         batches.append(out.batch_size)
         note(request.scope, batch_sizes=batches)
@@ -418,4 +416,5 @@ def _ms(seconds: float) -> float:
 
 # bentoml.service turns the class into a Service (mypy still sees the class).
 ImageClassifier.models.extend(_declared_models())  # type: ignore[attr-defined]
+ImageClassifier.add_asgi_middleware(EnvelopeOutsideApi)  # type: ignore[attr-defined]
 install_error_handlers(api)  # after the class views, so its catch-all route comes last

@@ -19,6 +19,7 @@ import torch
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
 from imageiq.errors import Overloaded
+from imageiq.metrics import metrics
 from imageiq.runner import ModelRunner
 
 
@@ -75,6 +76,9 @@ class Batcher:
         probs = await self.runner.predict_proba(torch.stack(list(images)))
         elapsed = time.perf_counter() - started
         n = len(images)
+        m, model = metrics(), self.runner.model
+        m.inference_seconds.labels(model.name, model.version).observe(elapsed)
+        m.batch_size.labels(model.name, model.version).observe(n)
         return [
             BatchOutput({h: p[i : i + 1] for h, p in probs.items()}, n, elapsed) for i in range(n)
         ]

@@ -12,7 +12,9 @@ image stays at least twice the size asked for, so the final resize still antiali
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -57,6 +59,11 @@ def read_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
+        claimed = _claimed_format(data)
+        if claimed is not None:
+            raise CorruptImage(
+                f"The data starts like a {claimed} image but its header is broken."
+            ) from None
         raise UnsupportedImageFormat(
             f"The upload is not an image in a supported format ({SUPPORTED_HUMAN})."
         ) from None
@@ -77,6 +84,8 @@ def read_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -
             details={"width": width, "height": height, "max_pixels": max_pixels},
         )
     fmt = str(image.format)
+    if fmt == "PNG":
+        _check_png_chunks(data)
     try:
         orientation = int(image.getexif().get(0x0112, 1))
     except Exception:  # a broken EXIF block: exif_transpose below reports it
@@ -98,3 +107,48 @@ def read_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -
     if oriented is not image:
         oriented.format = image.format
     return DecodedImage(oriented, fmt, width, height)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The supported format whose signature ``data`` starts with, if any."""
+    if data.startswith(_PNG_SIGNATURE):
+        return "PNG"
+    if data.startswith(b"\xff\xd8"):
+        return "JPEG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WebP"
+    if (
+        data.startswith(b"BM")
+        and len(data) >= 18
+        and struct.unpack_from("<I", data, 14)[0] in _BMP_HEADER_SIZES
+    ):
+        return "BMP"
+    return None
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Every chunk's CRC: Pillow checks those before the pixel data, not the pixel data
+    itself, so a flipped bit in IDAT would otherwise decode into a silently wrong image."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return  # truncated: decoding reports it
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(data[pos + 4 : end]) & 0xFFFFFFFF != crc:
+            raise CorruptImage(
+                f"The PNG's {kind.decode('latin-1')!r} chunk fails its CRC check: "
+                "the file is damaged."
+            )
+        if kind == b"IEND":
+            return
+        pos = end + 4

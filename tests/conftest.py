@@ -15,6 +15,7 @@ import sys
 import time
 from argparse import Namespace
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,29 @@ def newer_model(digits_dir: Path, digits_model: RegisteredModel) -> RegisteredMo
     return train_main(args, max_image_pixels=50_000_000).model
 
 
+@pytest.fixture(scope="session")
+def species_model(tmp_path_factory: pytest.TempPathFactory) -> RegisteredModel:
+    """An EfficientNet-family model with two attribute heads (shiny, shadow), registered
+    under its own name. Untrained: the tests need its shape and its heads, not its skill."""
+    import torch
+
+    from imageiq.architectures import build_model
+    from imageiq.preprocessing import PreprocessConfig
+    from imageiq.registry import ModelCard, register_model
+
+    torch.manual_seed(0)
+    heads = {"shiny": ["no", "yes"], "shadow": ["no", "yes"]}
+    net = build_model(arch="efficientnet_b0", num_classes=3, heads={k: 2 for k in heads})
+    card = ModelCard(
+        architecture="efficientnet_b0",
+        labels=["bulbasaur", "charmander", "squirtle"],
+        heads=heads,
+        preprocessing=PreprocessConfig(resize_size=24, crop_size=24),
+        metrics={"val_top1": 0.5},
+    )
+    return register_model(net, card, name="species")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,29 +117,45 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, url: str, model: RegisteredModel, log: Path) -> None:
-        self.url, self.model, self.log = url, model, log
+    def __init__(
+        self, url: str, model: RegisteredModel, log: Path, proc: subprocess.Popen[bytes]
+    ) -> None:
+        self.url, self.model, self.log, self.proc = url, model, log, proc
+
+    def worker_pids(self) -> list[int]:
+        """The server's processes (its whole session), for RSS measurements."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == self.proc.pid:
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for pid in self.worker_pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
 
 
-@pytest.fixture(scope="session")
-def server(
-    digits_model: RegisteredModel,
-    newer_model: RegisteredModel,
-    tmp_path_factory: pytest.TempPathFactory,
+@contextmanager
+def running_server(
+    model: RegisteredModel, log: Path, env: dict[str, str], *, wait_ready: bool = True
 ) -> Iterator[Server]:
-    """``bentoml serve`` in a subprocess, pinned by settings to the *older* model version,
-    with small input limits so the limit tests need no huge uploads."""
+    """``bentoml serve`` in its own session on a free port; stopped (the whole group we
+    started) on exit."""
     import httpx
 
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {
-        **os.environ,
-        "IMAGEIQ_MODEL_VERSION": digits_model.version,
-        "IMAGEIQ_MAX_IMAGE_BYTES": str(256 * 1024),
-        "IMAGEIQ_MAX_IMAGE_PIXELS": str(1_000_000),
-        "IMAGEIQ_MAX_BATCH_SIZE": "8",
-    }
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -130,7 +170,7 @@ def server(
                 str(port),
             ],
             cwd=ROOT,
-            env=env,
+            env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -138,22 +178,47 @@ def server(
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
+        path = "/readyz" if wait_ready else "/livez"
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield Server(url, digits_model, log)
+                pytest.fail(f"server not up in 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield Server(url, model, log, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the server and its workers
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(
+    digits_model: RegisteredModel,
+    newer_model: RegisteredModel,
+    species_model: RegisteredModel,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    """The service with two models side by side: the digits ResNet pinned to its *older*
+    version (a newer one exists) as the active model, and the EfficientNet species model
+    with attribute heads. Small input limits, so the limit tests need no huge uploads."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {
+        "IMAGEIQ_MODELS": f"{digits_model.tag},{species_model.name}",
+        "IMAGEIQ_MAX_IMAGE_BYTES": str(256 * 1024),
+        "IMAGEIQ_MAX_IMAGE_PIXELS": str(1_000_000),
+        "IMAGEIQ_MAX_BATCH_SIZE": "8",
+        "IMAGEIQ_MAX_BATCH_IMAGES": "8",
+        "IMAGEIQ_MAX_BATCH_REQUEST_BYTES": str(4 * 1024 * 1024),
+    }
+    with running_server(digits_model, log, env) as running:
+        yield running

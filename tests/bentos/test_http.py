@@ -43,7 +43,7 @@ def _guarded(**options: object) -> httpx.AsyncClient:
             Route("/broken", _broken),
         ]
     )
-    settings = {"max_body_bytes": 1000, "max_in_flight": 8, "timeout_s": 5.0} | options
+    settings = {"max_body_bytes": lambda _: 1000, "max_in_flight": 8, "timeout_s": 5.0} | options
     guard = RequestGuard(app, **settings)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://t")
 

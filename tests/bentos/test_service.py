@@ -126,10 +126,14 @@ def test_image_as_a_text_field_is_not_fetched_or_decoded(server: Server) -> None
     assert_error(resp, 422, "missing_image")
 
 
-def test_request_shapes_that_are_not_multipart(server: Server) -> None:
+def test_request_shapes_that_are_neither_multipart_nor_json(server: Server) -> None:
     assert_error(httpx.post(f"{server.url}/v1/classify"), 415, "unsupported_media_type")
-    resp = httpx.post(f"{server.url}/v1/classify", json={"image": "aGVsbG8="})
+    resp = httpx.post(
+        f"{server.url}/v1/classify", content=b"hello", headers={"content-type": "text/plain"}
+    )
     assert_error(resp, 415, "unsupported_media_type")
+    resp = httpx.post(f"{server.url}/v1/classify", json={"image": "aGVsbG8="})
+    assert_error(resp, 422, "missing_image")  # the JSON key is image_b64
     resp = httpx.post(
         f"{server.url}/v1/classify",
         content=b"garbage",
@@ -162,7 +166,7 @@ def test_unknown_routes_and_methods(server: Server) -> None:
     assert_error(httpx.delete(f"{server.url}/v1/classify"), 405, "method_not_allowed")
 
 
-def test_the_batching_endpoint_is_in_process_only(server: Server) -> None:
+def test_there_is_no_internal_endpoint_around_the_limits(server: Server) -> None:
     body = {"tensors": [{"shape": [3, 16, 16], "data": ""}]}
     assert_error(httpx.post(f"{server.url}/internal/infer", json=body), 404, "not_found")
 
@@ -218,20 +222,21 @@ def test_metrics_expose_every_stage(server: Server) -> None:
         "imageiq_postprocess_seconds",
         "imageiq_batch_size",
         "imageiq_model_ready",
+        "imageiq_prediction_confidence",
+        "imageiq_images_rejected_total",
     ):
         assert name in text, name
-    lines = text.splitlines()
-    assert any(
-        line.startswith('imageiq_requests_total{code="",endpoint="/v1/classify",status="200"}')
-        for line in lines
+    tag = server.model.tag
+    ok = f'imageiq_requests_total{{code="",endpoint="/v1/classify",model="{tag}",status="200"}}'
+    assert ok in text
+    refused = (
+        'imageiq_requests_total{code="unsupported_image_format",'
+        f'endpoint="/v1/classify",model="{tag}",status="415"}}'
     )
-    assert any(
-        line.startswith(
-            'imageiq_requests_total{code="unsupported_image_format",'
-            'endpoint="/v1/classify",status="415"}'
-        )
-        for line in lines
-    )
+    assert refused in text
+    rejected = 'endpoint="/v1/classify",reason="unsupported_image_format"'
+    assert f"imageiq_images_rejected_total{{{rejected}}}" in text
+    assert "imageiq_prediction_confidence_bucket" in text
 
 
 def test_openapi_documents_classify(server: Server) -> None:
@@ -301,23 +306,3 @@ def test_case_insensitive_content_type(server: Server) -> None:
         headers={"content-type": f"Multipart/Form-Data; boundary={boundary}"},
     )
     assert_error(resp, 422, "invalid_parameter")
-
-
-def test_a_missing_model_stops_start_up_with_a_clear_message() -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    env = {**os.environ, "IMAGEIQ_MODEL_VERSION": "doesnotexist"}
-    proc = subprocess.run(
-        [sys.executable, "-c", "import bentos.service"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    assert "imageiq-classifier:doesnotexist" in proc.stderr and "imageiq train" in proc.stderr

@@ -290,7 +290,7 @@ def hostile_inputs(seed: int = 0) -> dict[str, tuple[bytes, int, str]]:
     bmp = encode(rgb, "BMP")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("photo.txt", "not a photo " * 50)
+        zf.writestr(zipfile.ZipInfo("photo.txt", (2020, 1, 1, 0, 0, 0)), "not a photo " * 50)
     zip_bytes = archive.getvalue()
     bmp_info = struct.pack("<IiiHHIIiiII", 40, 65535, 65535, 1, 24, 0, 0, 0, 0, 0, 0)
 
@@ -323,25 +323,25 @@ def hostile_inputs(seed: int = 0) -> dict[str, tuple[bytes, int, str]]:
         "photo.ico": (encode(rgb, "ICO"), unsupported),
         "photo.ppm": (encode(rgb, "PPM"), unsupported),
         "photo.tga": (encode(rgb, "TGA"), unsupported),
-        # broken headers: Pillow does not recognise the format at all
-        "png-signature-only.png": (png[:8], unsupported),
+        # broken headers of a supported format (its signature is there)
+        "png-signature-only.png": (png[:8], corrupt),
         "png-bad-crc-ihdr.png": (
             raw_png(np.asarray(rgb), bad_crc=frozenset({b"IHDR"})),
-            unsupported,
+            corrupt,
         ),
-        "png-0x0.png": (png_header_only(0, 0), unsupported),
-        "jpeg-0x0.jpg": (jpeg_with_size(jpeg, 0, 0), unsupported),
+        "png-0x0.png": (png_header_only(0, 0), corrupt),
+        "jpeg-0x0.jpg": (jpeg_with_size(jpeg, 0, 0), corrupt),
         "jpeg-soi-then-garbage.jpg": (
             b"\xff\xd8" + rng.integers(0, 256, 2048, dtype=np.uint8).tobytes(),
-            unsupported,
+            corrupt,
         ),
-        "jpeg-soi-eoi-only.jpg": (b"\xff\xd8\xff\xd9", unsupported),
-        "gif-header-no-frame.gif": (gif[:13] + b"\x3b", unsupported),
+        "jpeg-soi-eoi-only.jpg": (b"\xff\xd8\xff\xd9", corrupt),
+        "gif-header-no-frame.gif": (gif[:13] + b"\x3b", corrupt),
         "tiff-bogus-ifd-offset.tif": (
             b"II*\x00" + struct.pack("<I", 0x7FFFFFF0) + b"\x00" * 32,
-            unsupported,
+            corrupt,
         ),
-        "tiff-header-only.tif": (b"II*\x00\x08\x00\x00\x00", unsupported),
+        "tiff-header-only.tif": (b"II*\x00\x08\x00\x00\x00", corrupt),
         # too many pixels, refused from the header
         "png-60000x60000.png": (png_header_only(60000, 60000), too_large),
         "jpeg-65535x65535.jpg": (jpeg_with_size(jpeg, 65535, 65535), too_large),
@@ -368,5 +368,6 @@ def hostile_inputs(seed: int = 0) -> dict[str, tuple[bytes, int, str]]:
         "webp-truncated.webp": (encode(rgb, "WEBP")[:30], corrupt),
         "webp-riff-header-only.webp": (b"RIFF\x00\x00\x00\x00WEBPVP8 ", corrupt),
         "truncated.bmp": (bmp[:200], corrupt),
+        "png-bad-crc-idat.png": (raw_png(np.asarray(rgb), bad_crc=frozenset({b"IDAT"})), corrupt),
     }
     return {name: (data, status, code) for name, (data, (status, code)) in cases.items()}
