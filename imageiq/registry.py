@@ -76,7 +76,7 @@ def register_model(
         metadata=metadata,
     ) as stored:
         torch.save(net.state_dict(), stored.path_of(WEIGHTS_FILE))
-    return RegisteredModel(stored.tag.name, str(stored.tag.version), card, stored.path)
+    return get_model(str(stored.tag))  # its path in the store, not the staging directory
 
 
 def get_model(tag: str) -> RegisteredModel:

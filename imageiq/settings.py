@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # form (1 turns batching off), and the latency budget a queued image may spend before it
     # is refused with 503.
     max_batch_size: int = Field(16, ge=1, le=1024)
-    max_latency_ms: int = Field(5000, ge=10, le=600_000)
+    max_latency_ms: int = Field(30_000, ge=10, le=600_000)
     # Whole-request deadline, seconds; past it the client gets 504 "timeout".
     request_timeout_s: int = Field(60, ge=1, le=3600)
     # Requests in progress at once on /v1; more are refused with 503 "overloaded".
