@@ -57,6 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="model name (default: the served setting)")
     p.set_defaults(func=cmd_models_list)
 
+    p = sub.add_parser(
+        "quantize", help="register a static int8 ONNX Runtime version of a registered model"
+    )
+    p.add_argument("--model", required=True, help="name:version of the fp32 model")
+    p.add_argument(
+        "--data", type=Path, required=True, help="the ImageFolder tree the model was trained on"
+    )
+    p.add_argument(
+        "--max-calibration", type=int, default=256, help="held-out images to calibrate on"
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="refuse when int8 top-1 is this much below fp32 (absolute; 0.01 = 1 point)",
+    )
+    p.add_argument(
+        "--name", default=None, help="model name of the new version (default: the parent's)"
+    )
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("parity", help="compare a running server with offline predictions")
     p.add_argument("--url", default="http://127.0.0.1:3000")
     p.add_argument("--data", type=Path, required=True)
@@ -164,6 +185,32 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
         )
     # Piped output has no terminal width to respect: keep whole rows for grep and friends.
     (console if console.is_terminal else Console(width=200)).print(table)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
+    from imageiq.onnx_int8 import RUNTIME, quantize_model
+
+    with console.status(f"quantizing {args.model}"):
+        model = quantize_model(
+            tag=args.model,
+            data=args.data,
+            max_calibration=args.max_calibration,
+            max_accuracy_drop=args.max_accuracy_drop,
+            name=args.name,
+            max_pixels=settings.max_image_pixels,
+        )
+    metrics, split = model.card.metrics, model.card.training_config["evaluation_split"]
+    console.print(
+        f"registered [bold]{model.tag}[/] ({RUNTIME}): held-out top-1 fp32 "
+        f"{metrics['fp32_top1']:.2%}, int8 {metrics['int8_top1']:.2%} on {split['images']} "
+        f"images; calibrated on {model.card.training_config['calibration_images']}"
+    )
+    if not split["same_dataset"]:
+        console.print(
+            f"[yellow]note[/]: {args.data} is not known to be the data {args.model} was trained "
+            "on (no or another dataset fingerprint): the images scored may include training images"
+        )
     return 0
 
 

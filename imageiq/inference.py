@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from PIL import Image
@@ -19,6 +19,9 @@ from imageiq.errors import ConfigurationError
 from imageiq.images import DecodedImage, read_image
 from imageiq.preprocessing import EvalTransform
 from imageiq.registry import RegisteredModel, load_model
+
+if TYPE_CHECKING:
+    from imageiq.onnx_int8 import OnnxInt8Runtime
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Classifier:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
         self._forward = net
+        self.int8: OnnxInt8Runtime | None = None  # set by load() for an onnx-int8 version
         if self.options.compile:
             from torch import _dynamo
 
@@ -90,9 +94,16 @@ class Classifier:
     def load(
         cls, tag: str, *, device: str = "cpu", options: InferenceOptions | None = None
     ) -> Classifier:
-        dev = resolve_device(device)
-        model, net = load_model(tag, device=dev)
-        return cls(model, net, dev, options)
+        """The registered model on ``device``; an ``onnx-int8`` version (``imageiq
+        quantize``) runs its int8 file in ONNX Runtime on the CPU, whatever the device."""
+        from imageiq.onnx_int8 import OnnxInt8Runtime
+
+        model, net = load_model(tag, device="cpu")
+        if OnnxInt8Runtime.is_int8(model.card):
+            classifier = cls(model, net, torch.device("cpu"))
+            classifier.int8 = OnnxInt8Runtime.load(model, threads=torch.get_num_threads())
+            return classifier
+        return cls(model, net, resolve_device(device), options)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -114,6 +125,8 @@ class Classifier:
         if self.device.type == "cuda":  # page-locked: the copy to the GPU runs asynchronously
             batch = batch.pin_memory()
         x = self.transform.normalize(batch.to(self.device, non_blocking=True))
+        if self.int8 is not None:
+            return self.int8.predict_proba(x)
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = _DTYPES.get(self.options.precision)

@@ -11,14 +11,13 @@ registers the rest as a new version holding ``weights.pt`` (still loadable by Py
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -53,9 +52,6 @@ from training.data import (
     scan_image_folder,
     stratified_split,
 )
-
-if TYPE_CHECKING:
-    from imageiq.settings import Settings
 
 RUNTIME = "onnx-int8"
 ONNX_FILE = "model.int8.onnx"
@@ -340,50 +336,3 @@ def _int8_card(
 
 
 # --- command line ---------------------------------------------------------------------------
-def add_quantize_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "quantize", help="register a static int8 ONNX Runtime version of a registered model"
-    )
-    p.add_argument("--model", required=True, help="name:version of the fp32 model")
-    p.add_argument(
-        "--data", type=Path, required=True, help="the ImageFolder tree the model was trained on"
-    )
-    p.add_argument(
-        "--max-calibration", type=int, default=256, help="held-out images to calibrate on"
-    )
-    p.add_argument(
-        "--max-accuracy-drop",
-        type=float,
-        default=0.01,
-        help="refuse when int8 top-1 is this much below fp32 (absolute; 0.01 = 1 point)",
-    )
-    p.add_argument(
-        "--name", default=None, help="model name of the new version (default: the parent's)"
-    )
-    p.set_defaults(func=cmd_quantize)
-
-
-def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
-    from imageiq.cli import console
-
-    with console.status(f"quantizing {args.model}"):
-        model = quantize_model(
-            tag=args.model,
-            data=args.data,
-            max_calibration=args.max_calibration,
-            max_accuracy_drop=args.max_accuracy_drop,
-            name=args.name,
-            max_pixels=settings.max_image_pixels,
-        )
-    metrics, split = model.card.metrics, model.card.training_config["evaluation_split"]
-    console.print(
-        f"registered [bold]{model.tag}[/] ({RUNTIME}): held-out top-1 fp32 "
-        f"{metrics['fp32_top1']:.2%}, int8 {metrics['int8_top1']:.2%} on {split['images']} "
-        f"images; calibrated on {model.card.training_config['calibration_images']}"
-    )
-    if not split["same_dataset"]:
-        console.print(
-            f"[yellow]note[/]: {args.data} is not known to be the data {args.model} was trained "
-            "on (no or another dataset fingerprint): the images scored may include training images"
-        )
-    return 0

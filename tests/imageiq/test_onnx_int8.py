@@ -1,4 +1,3 @@
-import argparse
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,11 @@ from imageiq.onnx_int8 import (
     ONNX_FILE,
     RUNTIME,
     OnnxInt8Runtime,
-    add_quantize_parser,
     onnx_path,
     quantize_model,
 )
 from imageiq.preprocessing import PreprocessConfig
 from imageiq.registry import ModelCard, RegisteredModel, list_models, load_model, register_model
-from imageiq.settings import Settings
 from training.data import scan_image_folder, stratified_split
 
 
@@ -187,9 +184,9 @@ def test_a_plain_model_has_no_int8_runtime() -> None:
 def test_quantize_command_prints_the_new_tag_and_both_scores(
     digits_model: RegisteredModel, digits_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parser = argparse.ArgumentParser()
-    add_quantize_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(
+    from imageiq.cli import main
+
+    code = main(
         [
             "quantize",
             "--model",
@@ -204,8 +201,26 @@ def test_quantize_command_prints_the_new_tag_and_both_scores(
             "digits-int8-cli",
         ]
     )
-    assert args.func(args, Settings()) == 0
+    assert code == 0
     out = capsys.readouterr().out
     (newest,) = list_models("digits-int8-cli")
     assert newest.tag in out and "fp32" in out and "int8" in out
     assert newest.card.training_config["calibration_images"] == 32
+
+
+@pytest.mark.slow
+def test_classifier_serves_an_int8_version_through_onnx_runtime(
+    digits_model: RegisteredModel, int8_model: RegisteredModel, digits_dir: Path
+) -> None:
+    """Loading the int8 tag (what the service does) runs the int8 file, not weights.pt."""
+    batch, targets = held_out_batch(int8_model, digits_dir)
+    classifier = Classifier.load(int8_model.tag, device="auto")
+    assert classifier.int8 is not None and classifier.device.type == "cpu"
+    runtime = OnnxInt8Runtime.load(int8_model, threads=1)
+    served = classifier.predict_proba(batch)["label"]
+    direct = runtime.predict_proba(classifier.transform.normalize(batch))["label"]
+    assert torch.allclose(served, direct, atol=1e-6)
+    fp32 = Classifier.load(digits_model.tag).predict_proba(batch)["label"]
+    assert not torch.allclose(served, fp32, atol=1e-6)  # really the quantized network
+    accuracy = (served.argmax(1) == targets).float().mean().item()
+    assert accuracy == pytest.approx(int8_model.card.metrics["int8_top1"], abs=1e-6)
