@@ -23,6 +23,9 @@ from bentos.schemas import BatchJSON, ClassifyJSON, ClassifyParams
 from imageiq import errors
 
 M = TypeVar("M", bound=BaseModel)
+# Multipart parts parsed before counting (the body size limit bounds them anyway), so that
+# too many images is answered by the rule about images, not the parser's.
+_MAX_PARTS = 1000
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 
@@ -51,7 +54,7 @@ async def read_classify(request: Request, limits: Limits) -> tuple[ClassifyParam
         if upload.error:
             raise upload.error
         return _params(body), upload
-    form = await request.form(max_files=2, max_fields=16)
+    form = await request.form(max_files=_MAX_PARTS, max_fields=_MAX_PARTS)
     try:
         files = form.getlist("image")
         if not files or not isinstance(files[0], UploadFile):
@@ -78,7 +81,7 @@ async def read_batch(request: Request, limits: Limits) -> tuple[ClassifyParams, 
             _check_count(len(payload["images_b64"]), limits)
         body = _validated(BatchJSON, payload, limits, request=request, file_field="images_b64")
         return _params(body), [_from_b64(b64, None, limits) for b64 in body.images_b64]
-    form = await request.form(max_files=limits.max_images + 1, max_fields=limits.max_images + 16)
+    form = await request.form(max_files=_MAX_PARTS, max_fields=_MAX_PARTS)
     try:
         items = form.getlist("images")
         _check_count(len(items), limits)

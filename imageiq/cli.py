@@ -244,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = "IMAGEIQ_" + "_".join(str(p) for p in problem["loc"]).upper()
             err_console.print(f"[red]error[/] (invalid_setting): {name}: {problem['msg']}")
         return 2
+    except ImageIQError as e:
+        err_console.print(f"[red]error[/] ({e.code}): {e.message}")
+        return 2
     try:
         return int(args.func(args, settings))
     except ImageIQError as e:

@@ -1,7 +1,8 @@
 """The pure inference core: a registered model plus its eval transform, no server.
 
-``Classifier.predict(batch)`` is what the service's batching endpoint, offline evaluation
-and the parity check all call, so served and offline predictions come from one code path.
+``Classifier.predict_proba(batch)`` is what the service's batching queues, offline
+evaluation and the parity check all call, so served and offline predictions come from one
+code path (with the same :class:`InferenceOptions`, the same numbers).
 """
 
 from __future__ import annotations
@@ -40,14 +41,29 @@ class Prediction:
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How the forward pass runs; chosen by measurement (docs/performance.md)."""
+    """How the forward pass runs. The defaults are the exact fp32 reference that evaluation
+    uses; the service's settings pick faster ones by measurement (docs/performance.md)."""
 
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "auto": bf16 where the hardware runs it natively (CPUs with AVX512-BF16 or AMX; GPUs
+    that support it, else fp16), fp32 elsewhere: emulated bf16 is slower than fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,7 +84,8 @@ class Classifier:
     ) -> None:
         self.model = model
         self.options = options or InferenceOptions()
-        if self.options.precision == "fp16" and device.type != "cuda":
+        self.precision = resolve_precision(self.options.precision, device)
+        if self.precision == "fp16" and device.type != "cuda":
             raise ConfigurationError(
                 "precision 'fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'."
             )
@@ -92,7 +109,12 @@ class Classifier:
 
     @classmethod
     def load(
-        cls, tag: str, *, device: str = "cpu", options: InferenceOptions | None = None
+        cls,
+        tag: str,
+        *,
+        device: str = "cpu",
+        options: InferenceOptions | None = None,
+        threads: int | None = None,
     ) -> Classifier:
         """The registered model on ``device``; an ``onnx-int8`` version (``imageiq
         quantize``) runs its int8 file in ONNX Runtime on the CPU, whatever the device."""
@@ -101,7 +123,9 @@ class Classifier:
         model, net = load_model(tag, device="cpu")
         if OnnxInt8Runtime.is_int8(model.card):
             classifier = cls(model, net, torch.device("cpu"))
-            classifier.int8 = OnnxInt8Runtime.load(model, threads=torch.get_num_threads())
+            classifier.int8 = OnnxInt8Runtime.load(
+                model, threads=threads or torch.get_num_threads()
+            )
             return classifier
         return cls(model, net, resolve_device(device), options)
 
@@ -129,7 +153,7 @@ class Classifier:
             return self.int8.predict_proba(x)
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = _DTYPES.get(self.options.precision)
+        dtype = _DTYPES.get(self.precision)
         autocast = (
             torch.autocast(self.device.type, dtype=dtype)
             if dtype is not None

@@ -64,6 +64,7 @@ class ServedModel:
 @dataclass
 class _Set:
     models: dict[str, ServedModel]  # tag -> model, in configured order
+    aliases: dict[str, ServedModel]  # every configured tag ("name:latest", ...) -> model
     active: ServedModel | None
     errors: dict[str, str] = field(default_factory=dict)  # configured tag -> why unusable
 
@@ -72,13 +73,11 @@ class _Set:
             if self.active is None:
                 raise ModelNotReady("The active model could not be loaded; see /v1/models.")
             return self.active
-        by_tag = self.models.get(ref)
-        if by_tag is not None:
-            return by_tag
-        wanted = normalize_tag(ref) if ref.endswith(":latest") else ref
-        for served in self.models.values():
-            if served.requested == wanted:
-                return served
+        found = self.models.get(ref) or self.aliases.get(normalize_tag(ref))
+        if found is not None:
+            return found
+        if ref.endswith(":latest"):  # the newest *served* version of that name
+            ref = ref.removesuffix(":latest")
         if ":" not in ref:
             if self.active is not None and self.active.model.name == ref:
                 return self.active
@@ -179,6 +178,7 @@ class ModelPool:
         while served.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         served.batcher.close()
+        metrics().model_ready.labels(served.model.name, served.model.version).set(0)
         log.info("retired model %s", served.tag)
 
     def _record(self, status: str, started: float, errors: dict[str, str] | None = None) -> None:
@@ -197,6 +197,7 @@ class ModelPool:
             compile=settings.compile,
         )
         models: dict[str, ServedModel] = {}
+        aliases: dict[str, ServedModel] = {}
         errors: dict[str, str] = {}
         for requested in settings.models:
             try:
@@ -205,8 +206,11 @@ class ModelPool:
                 errors[requested] = e.message
                 log.error("model %s cannot be served: %s", requested, e.message)
                 continue
+            if model.tag in models:  # e.g. "name" and the version it resolves to: one model
+                aliases[requested] = models[model.tag]
+                continue
             if model.tag in current:
-                models[model.tag] = current[model.tag]
+                models[model.tag] = aliases[requested] = current[model.tag]
                 continue
             runner = ModelRunner(
                 model=model,
@@ -220,9 +224,8 @@ class ModelPool:
                 max_batch_size=settings.max_batch_size,
                 max_latency_ms=settings.max_latency_ms,
             )
-            models[model.tag] = ServedModel(requested, model, runner, batcher)
-        active = next((m for m in models.values() if m.requested == settings.model_tag), None)
-        return _Set(models, active, errors)
+            models[model.tag] = aliases[requested] = ServedModel(requested, model, runner, batcher)
+        return _Set(models, aliases, aliases.get(settings.model_tag), errors)
 
 
 class ConfigWatcher:
@@ -255,19 +258,21 @@ class ConfigWatcher:
             return False
         try:
             settings = self._load()
-        except (ValidationError, ValueError) as e:
+        except (ValidationError, ImageIQError) as e:
             log.error("config file %s is invalid, keeping the current settings: %s", path, e)
             self._digest = digest
             return False
         self._digest = digest
-        old, new = self.pool.settings.model_dump(), settings.model_dump()
+        current = self.pool.settings
+        old, new = current.model_dump(), settings.model_dump()
         restart = sorted(k for k in new if k not in RELOADABLE and new[k] != old[k])
         if restart:
             log.warning("config file %s changed %s: these apply after a restart", path, restart)
         if all(new[k] == old[k] for k in RELOADABLE):
             return False
         log.info("config file %s changed: reloading models", path)
-        return await self.pool.reload(settings)
+        # Only the reloadable keys change; the rest stay as the process started with them.
+        return await self.pool.reload(current.model_copy(update={k: new[k] for k in RELOADABLE}))
 
     @staticmethod
     def _file_digest(path: Path | None) -> str | None:

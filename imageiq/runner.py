@@ -1,16 +1,18 @@
-"""Models on one dedicated thread: load, warm up, then every inference batch.
+"""Models on one dedicated thread: every warm-up and inference batch.
 
-Every model of the process loads and runs on the same OS thread (:class:`InferenceThread`),
-which keeps one OpenMP pool: two pools on a 2-core node cost about 25%, and two models
-running at once would only take turns on the same cores anyway. Loading runs in the
-background so ``/livez`` answers at once while ``/readyz`` stays 503 until every model's
-warm-up batch has run.
+Every model of the process runs on the same OS thread (:class:`InferenceThread`), which
+keeps one OpenMP pool busy: two pools running at once on a 2-core node cost about 25%, and
+two models computing at once would only take turns on the same cores anyway. Reading the
+weights happens on a short-lived loader thread, so a model being added by a reload does not
+hold up the models that are serving; only its warm-up batch takes a turn on the inference
+thread. ``/livez`` answers at once while ``/readyz`` stays 503 until every model is warm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal, TypeVar
@@ -30,6 +32,7 @@ class InferenceThread:
     """The one thread that touches the models."""
 
     def __init__(self, *, threads: int) -> None:
+        self.threads = threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imageiq-model")
         self._executor.submit(torch.set_num_threads, threads)
 
@@ -61,7 +64,13 @@ class ModelRunner:
         self.error: str | None = None
         self._classifier: Classifier | None = None
         self._thread = thread
-        self._loaded = thread.submit(self._load, device, options, warmup_batch_size)
+        self._loaded: Future[None] = Future()
+        threading.Thread(
+            target=self._load,
+            args=(device, options, warmup_batch_size),
+            name=f"imageiq-load-{model.name}",
+            daemon=True,
+        ).start()
 
     @property
     def ready(self) -> bool:
@@ -86,19 +95,22 @@ class ModelRunner:
 
     def _load(self, device: str, options: InferenceOptions, warmup_batch_size: int) -> None:
         try:
-            classifier = Classifier.load(self.tag, device=device, options=options)
+            classifier = Classifier.load(
+                self.tag, device=device, options=options, threads=self._thread.threads
+            )
             warmup = torch.zeros((warmup_batch_size, *classifier.input_shape), dtype=torch.uint8)
-            classifier.predict_proba(warmup)
+            self._thread.submit(classifier.predict_proba, warmup).result()
             self._classifier = classifier
             self.state = "ready"
             log.info(
-                "model %s ready on %s (%s, %d threads)",
+                "model %s ready on %s (%s)",
                 self.tag,
                 classifier.device,
-                options,
-                torch.get_num_threads(),
+                "onnxruntime int8" if classifier.int8 else f"{classifier.precision}, {options}",
             )
         except Exception as e:  # reported through /readyz, /v1/models and 503s
             self.error = f"{type(e).__name__}: {e}"
             self.state = "failed"
             log.exception("model %s failed to load: %s", self.tag, self.error)
+        finally:
+            self._loaded.set_result(None)

@@ -214,6 +214,9 @@ def server(
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         "IMAGEIQ_MODELS": f"{digits_model.tag},{species_model.name}",
+        # The exact reference numbers, so parity with offline fp32 is checked to 1e-5.
+        "IMAGEIQ_PRECISION": "fp32",
+        "IMAGEIQ_CHANNELS_LAST": "false",
         "IMAGEIQ_MAX_IMAGE_BYTES": str(256 * 1024),
         "IMAGEIQ_MAX_IMAGE_PIXELS": str(1_000_000),
         "IMAGEIQ_MAX_BATCH_SIZE": "8",

@@ -63,3 +63,32 @@ def test_limit_is_the_setting() -> None:
     decode_image(data, max_pixels=10_000)
     with pytest.raises(ImageTooLarge):
         decode_image(data, max_pixels=9_999)
+
+
+def test_large_jpegs_are_drafted_small_ones_and_other_formats_are_not() -> None:
+    from imageiq.images import read_image
+    from imageiq.preprocessing import EvalTransform, PreprocessConfig
+
+    transform = EvalTransform(PreprocessConfig(resize_size=64, crop_size=56))
+    big = photo(1200, 900, seed=1).resize((1200, 900))
+    jpeg, png = encode(big, "JPEG", quality=95), encode(big, "PNG")
+    drafted = read_image(jpeg, max_pixels=LIMIT * 100, draft_size=64)
+    full = read_image(jpeg, max_pixels=LIMIT * 100)
+    # at least twice the size asked for (1200x900 / 4 = 300x225 >= 128), the size reported
+    # is the full image's
+    assert drafted.image.size == (300, 225)
+    assert (drafted.width, drafted.height, drafted.format) == (1200, 900, "JPEG")
+    assert full.image.size == (1200, 900)
+    assert read_image(png, max_pixels=LIMIT * 100, draft_size=64).image.size == (1200, 900)
+    small = encode(photo(200, 150), "JPEG")
+    assert read_image(small, max_pixels=LIMIT, draft_size=64).image.size == (200, 150)
+    # what the model sees barely changes
+    diff = transform.to_uint8(drafted.image).float() - transform.to_uint8(full.image).float()
+    assert diff.abs().mean().item() < 8.0
+
+
+def test_exif_rotated_size_is_reported_as_displayed() -> None:
+    from imageiq.images import read_image
+
+    decoded = read_image(variants()["exif-rotated.jpg"], max_pixels=LIMIT)
+    assert (decoded.width, decoded.height) == decoded.image.size == (60, 80)

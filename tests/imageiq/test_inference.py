@@ -1,13 +1,15 @@
 import asyncio
+from pathlib import Path
 
 import pytest
 import torch
 
 from imageiq.architectures import build_model
-from imageiq.inference import Classifier
+from imageiq.errors import ConfigurationError
+from imageiq.inference import Classifier, InferenceOptions, resolve_precision
 from imageiq.preprocessing import PreprocessConfig
-from imageiq.registry import ModelCard, RegisteredModel, register_model
-from imageiq.runner import ModelRunner
+from imageiq.registry import WEIGHTS_FILE, ModelCard, RegisteredModel, load_model, register_model
+from imageiq.runner import InferenceThread, ModelRunner
 from tests.imageiq.images_helpers import photo
 
 
@@ -44,7 +46,14 @@ def test_top_k_is_clamped_to_the_label_count(attribute_model: RegisteredModel) -
 
 
 def test_runner_loads_warms_up_and_predicts_on_its_thread(attribute_model: RegisteredModel) -> None:
-    runner = ModelRunner(tag=attribute_model.tag, device="cpu", threads=1, warmup_batch_size=2)
+    thread = InferenceThread(threads=1)
+    runner = ModelRunner(
+        model=attribute_model,
+        thread=thread,
+        device="cpu",
+        options=InferenceOptions(),
+        warmup_batch_size=2,
+    )
     try:
         assert runner.wait(timeout=60) == "ready"
         batch = torch.stack([runner.classifier.prepare(photo(seed=i)) for i in range(3)])
@@ -53,16 +62,56 @@ def test_runner_loads_warms_up_and_predicts_on_its_thread(attribute_model: Regis
         for head in ("label", "shiny"):
             assert torch.allclose(got[head], expected[head], atol=1e-6)
     finally:
-        runner.close()
+        thread.close()
 
 
-def test_runner_reports_a_model_that_cannot_load() -> None:
+def test_runner_reports_a_model_that_cannot_load(attribute_model: RegisteredModel) -> None:
+    broken = register_model(
+        build_model(arch="resnet18", num_classes=3, heads={"shiny": 2}),
+        attribute_model.card,
+        name="inference-broken",
+    )
+    Path(broken.path, WEIGHTS_FILE).write_bytes(b"not a checkpoint")
+    thread = InferenceThread(threads=1)
     runner = ModelRunner(
-        tag="inference-test:doesnotexist", device="cpu", threads=1, warmup_batch_size=1
+        model=broken, thread=thread, device="cpu", options=InferenceOptions(), warmup_batch_size=1
     )
     try:
         assert runner.wait(timeout=60) == "failed"
         assert not runner.ready
-        assert "doesnotexist" in (runner.error or "")
+        assert runner.error
     finally:
-        runner.close()
+        thread.close()
+
+
+def test_bf16_channels_last_agrees_with_fp32(digits_model: RegisteredModel, digits_dir) -> None:
+    """The service's fast path (where the CPU runs bf16 natively) against the fp32 reference:
+    the same top-1 on real digits, scores within 0.05."""
+    from training.data import scan_image_folder
+
+    fp32 = Classifier.load(digits_model.tag)
+    fast = Classifier.load(
+        digits_model.tag, options=InferenceOptions(precision="bf16", channels_last=True)
+    )
+    index = scan_image_folder(digits_dir)
+    paths = index.paths[::3]
+    batch = torch.stack(
+        [fp32.prepare(fp32.decode(p.read_bytes(), max_pixels=10**6).image) for p in paths]
+    )
+    reference, got = fp32.predict_proba(batch)["label"], fast.predict_proba(batch)["label"]
+    agreement = (reference.argmax(1) == got.argmax(1)).float().mean().item()
+    assert agreement >= 0.995
+    assert (reference - got).abs().max().item() < 0.05
+
+
+def test_auto_precision_follows_the_hardware() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    with pytest.raises(ConfigurationError, match="fp16"):
+        Classifier(
+            *load_model("inference-test:latest"),
+            cpu,
+            InferenceOptions(precision="fp16"),
+        )

@@ -6,8 +6,6 @@ from pydantic import ValidationError
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms import v2
 
-from bentos.schemas import EncodedTensor
-from imageiq.images import decode_image
 from imageiq.inference import Classifier
 from imageiq.preprocessing import EvalTransform, PreprocessConfig, to_rgb
 from imageiq.registry import RegisteredModel, get_model
@@ -86,10 +84,9 @@ def test_normalize_is_the_same_for_one_image_or_a_batch() -> None:
 
 
 def _serving_tensor(classifier: Classifier, data: bytes) -> torch.Tensor:
-    """Exactly what the server does: decode, prepare, ship as EncodedTensor, normalise."""
-    shipped = EncodedTensor.from_tensor(classifier.prepare(decode_image(data, max_pixels=10**8)))
-    received = shipped.to_tensor(classifier.input_shape)
-    return classifier.transform.normalize(received.unsqueeze(0))[0]
+    """Exactly what the server does: decode (draft allowed), prepare, batch, normalise."""
+    decoded = classifier.decode(data, max_pixels=10**8, draft=True)
+    return classifier.transform.normalize(classifier.prepare(decoded.image).unsqueeze(0))[0]
 
 
 def test_training_and_serving_give_identical_tensors(

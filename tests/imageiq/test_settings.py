@@ -1,41 +1,86 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from imageiq.errors import ConfigurationError
 from imageiq.settings import Settings
 
 
 def test_defaults() -> None:
     s = Settings()
-    assert s.model_tag == "imageiq-classifier:latest"
+    assert s.models == ["imageiq-classifier:latest"]
+    assert s.model_tag == "imageiq-classifier:latest" and s.model_name == "imageiq-classifier"
     assert s.max_batch_size >= 2 and s.max_latency_ms > 0
     assert s.max_image_bytes == 20 * 1024 * 1024
     assert s.max_image_pixels == 50_000_000
     assert s.default_top_k == 5
+    assert s.max_batch_images == 32
+    assert s.precision == "auto" and s.channels_last is True
+    assert s.log_format == "json"
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMAGEIQ_MODEL_VERSION", "abc123")
-    monkeypatch.setenv("IMAGEIQ_MAX_BATCH_SIZE", "32")
+    monkeypatch.setenv("IMAGEIQ_MODELS", "imageiq-classifier:abc123, species")
+    monkeypatch.setenv("IMAGEIQ_ACTIVE_MODEL", "species")
+    monkeypatch.setenv("IMAGEIQ_MAX_BATCH_SIZE", "1")  # batching off
     monkeypatch.setenv("IMAGEIQ_DEVICE", "cpu")
     s = Settings()
-    assert s.model_tag == "imageiq-classifier:abc123"
-    assert s.max_batch_size == 32
+    assert s.models == ["imageiq-classifier:abc123", "species:latest"]
+    assert s.model_tag == "species:latest"
+    assert s.max_batch_size == 1
     assert s.device == "cpu"
+    monkeypatch.setenv("IMAGEIQ_MODELS", '["a:1", "b:2"]')
+    monkeypatch.setenv("IMAGEIQ_ACTIVE_MODEL", "b:2")
+    assert Settings().model_tag == "b:2"
+
+
+def test_config_file_overrides_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "imageiq.yaml"
+    config.write_text("models: [x:1, y]\nactive_model: y\nmax_batch_size: 4\n")
+    monkeypatch.setenv("IMAGEIQ_MODELS", "z:9")
+    monkeypatch.setenv("IMAGEIQ_CONFIG_FILE", str(config))
+    s = Settings()
+    assert s.models == ["x:1", "y:latest"] and s.model_tag == "y:latest"
+    assert s.max_batch_size == 4
+    config.write_text("modles: [x:1]\n")  # a typo is an error, not a silent default
+    with pytest.raises(ValidationError, match="modles"):
+        Settings()
+    config.write_text("models: [x:1\n")
+    with pytest.raises(ConfigurationError, match="not valid YAML"):
+        Settings()
+    monkeypatch.setenv("IMAGEIQ_CONFIG_FILE", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigurationError, match="cannot read config file"):
+        Settings()
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("IMAGEIQ_MAX_BATCH_SIZE", "1"),  # BentoML batching needs at least 2
+        ("IMAGEIQ_MAX_BATCH_SIZE", "0"),
         ("IMAGEIQ_MAX_BATCH_SIZE", "lots"),
         ("IMAGEIQ_DEVICE", "tpu"),
-        ("IMAGEIQ_MODEL_NAME", "Not A Tag"),
+        ("IMAGEIQ_PRECISION", "int4"),
+        ("IMAGEIQ_MODELS", "Not A Tag"),
+        ("IMAGEIQ_MODELS", ""),
+        ("IMAGEIQ_MODELS", "a:1,a:1"),
+        ("IMAGEIQ_MODELS", "a,a:latest"),
+        ("IMAGEIQ_ACTIVE_MODEL", "not-served"),
         ("IMAGEIQ_DEFAULT_TOP_K", "0"),
+        ("IMAGEIQ_MODEL_VERSION", "abc123"),  # retired: refused with the way forward
     ],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_retired_variables_name_their_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEIQ_MODEL_NAME", "x")
+    with pytest.raises(ValidationError, match="IMAGEIQ_MODELS"):
         Settings()
 
 
