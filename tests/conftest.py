@@ -149,12 +149,27 @@ class Server:
 
 @contextmanager
 def running_server(
-    model: RegisteredModel, log: Path, env: dict[str, str], *, wait_ready: bool = True
+    model: RegisteredModel,
+    log: Path,
+    env: dict[str, str],
+    *,
+    wait_ready: bool = True,
+    own_home: bool = True,
 ) -> Iterator[Server]:
     """``bentoml serve`` in its own session on a free port; stopped (the whole group we
-    started) on exit."""
+    started) on exit.
+
+    ``own_home``: a BentoML home of its own that links the test model store. Every
+    ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` at start, so two
+    servers sharing a home would wipe each other's metrics."""
     import httpx
 
+    if own_home:
+        home = log.parent / "bentoml-home"
+        home.mkdir(exist_ok=True)
+        if not (home / "models").exists():
+            (home / "models").symlink_to(TEST_HOME / "models", target_is_directory=True)
+        env = {"BENTOML_HOME": str(home), **env}
     port = _free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -53,6 +53,11 @@ def test_corpus_classifies_and_hostile_inputs_get_4xx_with_bounded_memory(
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     text = httpx.get(f"{server.url}/metrics").text
     assert not re.search(r'^imageiq_requests_total\{[^}]*status="5', text, re.M)
+    # the log has a line per request, but never the image bytes
+    log = server.log.read_text(errors="replace")
+    assert log.count('"logger": "imageiq.access"') >= 3 * (len(images) + 2 * len(hostile))
+    sample = base64.b64encode(images["large-1000x750.jpg"]).decode()
+    assert sample[100:160] not in log
 
 
 def test_the_corpus_in_one_batch_request_per_chunk(server: Server) -> None:

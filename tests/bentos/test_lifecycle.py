@@ -95,7 +95,7 @@ def test_a_model_that_fails_to_load_fails_readiness_not_liveness(
     Path(broken.path, WEIGHTS_FILE).write_bytes(b"not a checkpoint")
     env = {"IMAGEIQ_MODELS": f"{broken.tag},imageiq-classifier:doesnotexist,{digits_model.tag}"}
     with running_server(digits_model, tmp_path / "server.log", env, wait_ready=False) as server:
-        wait_for(lambda: models(server.url)["models"][0]["state"] != "loading")
+        wait_for(lambda: all(m["state"] != "loading" for m in models(server.url)["models"]))
         body = models(server.url)
         assert body["ready"] is False
         assert body["models"][0]["state"] == "failed" and body["models"][0]["error"]

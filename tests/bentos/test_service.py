@@ -191,11 +191,15 @@ def test_served_agrees_with_offline_under_concurrency(server: Server, digits_dir
 
 
 def test_concurrent_requests_are_batched(server: Server) -> None:
+    labels = f'model_name="{server.model.name}",model_version="{server.model.version}"'
+
     def batches() -> tuple[float, float]:
         text = httpx.get(f"{server.url}/metrics").text
-        count = float(re.search(r"^imageiq_batch_size_count\{.*\} (\S+)$", text, re.M).group(1))
-        total = float(re.search(r"^imageiq_batch_size_sum\{.*\} (\S+)$", text, re.M).group(1))
-        return count, total
+        found = [
+            re.search(rf"^imageiq_batch_size_{kind}\{{{labels}\}} (\S+)$", text, re.M)
+            for kind in ("count", "sum")
+        ]
+        return float(found[0].group(1)), float(found[1].group(1))  # type: ignore[union-attr]
 
     before = batches()
     data = encode(photo(), "PNG")
