@@ -33,6 +33,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy load-tests/benchmark.py
 
 test: lint
 	$(BIN)/python -m pytest

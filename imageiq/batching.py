@@ -73,7 +73,7 @@ class Batcher:
 
     async def _run_batch(self, images: Sequence[torch.Tensor]) -> list[BatchOutput]:
         started = time.perf_counter()
-        probs = await self.runner.predict_proba(torch.stack(list(images)))
+        probs = await self.runner.predict_proba(images)
         elapsed = time.perf_counter() - started
         n = len(images)
         m, model = metrics(), self.runner.model

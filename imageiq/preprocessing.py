@@ -86,7 +86,10 @@ class EvalTransform:
             interpolation=self._interpolation,
             antialias=True,
         )
-        return F.pil_to_tensor(F.center_crop(resized, [self.config.crop_size])).contiguous()
+        cropped = np.asarray(F.center_crop(resized, [self.config.crop_size]), dtype=np.uint8)
+        # HWC -> CHW in numpy: a torch copy here would start an OpenMP team on the request
+        # thread, whose spinning workers slow the inference thread's (measured: ~35%).
+        return torch.from_numpy(np.ascontiguousarray(cropped.transpose(2, 0, 1)))
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) after resizing: shorter side to ``resize_size`` (as torchvision's

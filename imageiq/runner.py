@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal, TypeVar
 
@@ -90,8 +90,17 @@ class ModelRunner:
         await asyncio.wrap_future(self._loaded)
         return self.state
 
-    async def predict_proba(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return await self._thread.run(self.classifier.predict_proba, batch)
+    async def predict_proba(
+        self, batch: torch.Tensor | Sequence[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """A batch, or the images to stack into one: stacking is a parallel copy, so it runs
+        on the inference thread too, not on the event loop's (see module docstring)."""
+        return await self._thread.run(self._predict, batch)
+
+    def _predict(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not isinstance(batch, torch.Tensor):
+            batch = torch.stack(list(batch))
+        return self.classifier.predict_proba(batch)
 
     def _load(self, device: str, options: InferenceOptions, warmup_batch_size: int) -> None:
         try:
