@@ -118,16 +118,29 @@ def cmd_demo_model(args: argparse.Namespace, settings: Settings) -> int:
             str(args.data),
             "--model-name",
             settings.model_name,
-            *[f"--{k.replace('_', '-')}={v}" for k, v in DEMO_RECIPE.items()],
+            *[_flag(k, v) for k, v in DEMO_RECIPE.items()],
         ]
     )
     return cmd_train(train_args, settings)
 
 
+def _flag(key: str, value: object) -> str:
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name}={value}"
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from training.sources import S3Options
     from training.train import main as train_main
 
-    train_main(args, max_image_pixels=settings.max_image_pixels, console=console)
+    train_main(
+        args,
+        max_image_pixels=settings.max_image_pixels,
+        console=console,
+        s3=S3Options(endpoint_url=settings.s3_endpoint_url),
+    )
     return 0
 
 

@@ -17,6 +17,10 @@ DEMO_RECIPE = {
     "batch_size": 64,
     "lr": 2e-3,
     "seed": 0,
+    # Digits are not mirror-symmetric and fill their 8x8 frame: no flips, no random crops.
+    "crop_scale": 1.0,
+    "hflip": False,
+    "color_jitter": 0.0,
 }
 
 

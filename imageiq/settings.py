@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # Images in the one warm-up batch that runs before /readyz turns ready.
     warmup_batch_size: int = Field(1, ge=1, le=1024)
 
+    # S3-compatible object store for training data referenced as s3://bucket/key (AWS when
+    # unset; MinIO, moto, ... otherwise). Credentials come from boto3's usual chain.
+    s3_endpoint_url: str | None = None
+
     # Service logs: one JSON object per line (for log shippers), or plain text.
     log_format: Literal["json", "text"] = "json"
 

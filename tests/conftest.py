@@ -74,6 +74,48 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def species_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multi-head data set as a CSV manifest: species (bar, disc, square) and two yes/no
+    attributes drawn into each 40x40 image: `shiny` (a bright yellow body instead of a dull
+    one) and `shadow` (a dark offset copy behind it). Some attribute cells are left empty
+    (unknown), and one row points at a missing file."""
+    import csv
+
+    dest = tmp_path_factory.mktemp("species")
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(180):
+        species = ("bar", "disc", "square")[i % 3]
+        shiny, shadow = bool(rng.integers(2)), bool(rng.integers(2))
+        image = Image.new("RGB", (40, 40), tuple(int(c) for c in rng.integers(60, 120, 3)))
+        draw = ImageDraw.Draw(image)
+        x, y = (int(v) for v in rng.integers(6, 16, 2))
+        box = (x, y, x + 16, y + 16) if species != "bar" else (x, 3, x + 6, 36)
+        if shadow:
+            shifted = (box[0] + 4, box[1] + 4, box[2] + 4, box[3] + 4)
+            draw.rectangle(shifted, fill=(10, 10, 10))
+        fill = (250, 230, 40) if shiny else (140, 120, 110)
+        (draw.ellipse if species == "disc" else draw.rectangle)(box, fill=fill)
+        name = f"img_{i:03d}.png"
+        image.save(dest / name)
+        rows.append(
+            {
+                "path": name,
+                "label": species,
+                "shiny": "" if i % 17 == 0 else ("yes" if shiny else "no"),
+                "shadow": "" if i % 19 == 0 else ("yes" if shadow else "no"),
+            }
+        )
+    rows.append({"path": "missing.png", "label": "disc", "shiny": "no", "shadow": "no"})
+    manifest = dest / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "shiny", "shadow"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+@pytest.fixture(scope="session")
 def digits_model(digits_dir: Path) -> RegisteredModel:
     """A real digits model (resnet18, 16 px, 3 epochs: seconds on 2 cores)."""
     args = train_args(data=digits_dir, arch="resnet18", image_size=16, epochs=3, batch_size=64)

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from sklearn.model_selection import train_test_split
@@ -14,6 +15,9 @@ from torch.utils.data import Dataset
 
 from imageiq.errors import DatasetError
 from imageiq.images import decode_image
+
+if TYPE_CHECKING:
+    from training.sources import LabelledData
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
@@ -116,3 +120,35 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         except Exception as e:
             raise DatasetError(f"Could not read {path}: {e}") from e
         return self.transform(image), self.targets[i]
+
+
+class LabelledDataset(Dataset[tuple[torch.Tensor, dict[str, int]]]):
+    """Images of a :class:`training.sources.LabelledData` (local files or S3 objects), decoded
+    the way the server decodes an upload, with a target per head: ``label`` and each
+    attribute (``-100`` where the value is unknown)."""
+
+    def __init__(
+        self,
+        data: LabelledData,
+        indices: Sequence[int],
+        transform: Callable[..., torch.Tensor],
+        *,
+        max_pixels: int,
+    ) -> None:
+        self.data = data
+        self.indices = list(indices)
+        self.transform = transform
+        self.max_pixels = max_pixels
+        targets = {"label": data.targets, **{h: data.head_targets(h) for h in data.heads}}
+        self.targets = {head: [values[i] for i in self.indices] for head, values in targets.items()}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, int]]:
+        j = self.indices[i]
+        try:
+            image = decode_image(self.data.read(j), max_pixels=self.max_pixels)
+        except Exception as e:
+            raise DatasetError(f"Could not read {self.data.samples[j].uri}: {e}") from e
+        return self.transform(image), {head: t[i] for head, t in self.targets.items()}

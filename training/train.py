@@ -1,7 +1,10 @@
-"""Train a classifier on an ImageFolder tree, score it on a held-out split, register it.
+"""Train a classifier on labelled images, score it on a held-out split, register it.
 
-``imageiq train --data DIR --arch ARCH --epochs N --image-size S``: the parser below builds
-the arguments, :func:`main` does the work (the shape of torchvision's reference ``train.py``).
+``imageiq train --data DIR_OR_MANIFEST --arch ARCH --epochs N --image-size S``: the parser
+below builds the arguments, :func:`main` does the work (the shape of torchvision's reference
+``train.py``). Data: an ImageFolder tree, or a CSV/JSONL manifest of local paths or S3 URIs
+with a label and attribute columns (extra heads). Every run writes a run directory (see
+:mod:`training.run`) with a checkpoint per epoch that ``--resume`` continues from.
 """
 
 from __future__ import annotations
@@ -9,110 +12,61 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from imageiq.architectures import ARCHITECTURES, MAIN_HEAD, WeightsSource, build_model, get_spec
+from imageiq.architectures import MAIN_HEAD, WeightsSource, build_model, get_spec
+from imageiq.errors import ConfigurationError
 from imageiq.inference import resolve_device
 from imageiq.preprocessing import EvalTransform, PreprocessConfig
-from imageiq.registry import DEFAULT_MODEL_NAME, ModelCard, RegisteredModel, register_model
-from training.data import ImageDataset, fingerprint, scan_image_folder, stratified_split
-from training.evaluate import classification_metrics, predict_loader
+from imageiq.registry import ModelCard, RegisteredModel, register_model
+from training.augment import Augmentation, TrainTransform
+from training.options import add_arguments
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--data", required=True, help="ImageFolder root: one directory per class")
-    parser.add_argument("--arch", default="resnet18", help=f"one of {', '.join(ARCHITECTURES)}")
-    parser.add_argument("--epochs", type=_at_least(1), default=10)
-    parser.add_argument(
-        "--image-size", type=_at_least(8), default=224, help="side of the model input"
-    )
-    parser.add_argument(
-        "--resize-size",
-        type=_at_least(8),
-        default=None,
-        help="shorter side before the centre crop (default: --image-size without pretrained "
-        "weights, else the weights' own resize/crop ratio)",
-    )
-    parser.add_argument("--batch-size", type=_at_least(2), default=64)
-    parser.add_argument(
-        "--lr", type=_fraction(0, 10), default=2e-3, help="peak learning rate (AdamW)"
-    )
-    parser.add_argument("--weight-decay", type=_fraction(0, 10, closed=True), default=0.05)
-    parser.add_argument("--label-smoothing", type=_fraction(0, 1, closed=True), default=0.1)
-    parser.add_argument(
-        "--weights",
-        choices=["none", "imagenet"],
-        default="none",
-        help="initial backbone weights (imagenet downloads unless cached)",
-    )
-    parser.add_argument(
-        "--weights-file",
-        default=None,
-        help="local state dict for the backbone (overrides --weights)",
-    )
-    parser.add_argument("--val-fraction", type=_fraction(0, 1), default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--workers", type=_at_least(0), default=0, help="DataLoader worker processes"
-    )
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
-    return parser
-
-
-def _at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    parse.__name__ = "integer"  # argparse names the type in "invalid integer value: 'x'"
-    return parse
-
-
-def _fraction(low: float, high: float, *, closed: bool = False) -> Callable[[str], float]:
-    """A float in (low, high), or [low, high] when ``closed``."""
-
-    def parse(text: str) -> float:
-        value = float(text)
-        ok = low <= value <= high if closed else low < value < high
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
+__all__ = ["TrainResult", "add_arguments", "main"]
+from training.data import LabelledDataset, stratified_split
+from training.loop import FitConfig, Trainer
+from training.run import RunDir
+from training.sources import LabelledData, S3Options, load_data
 
 
 @dataclass(frozen=True)
 class TrainResult:
     model: RegisteredModel
     metrics: dict[str, float]
+    run_dir: Path
 
 
 def main(
-    args: argparse.Namespace, *, max_image_pixels: int, console: Console | None = None
+    args: argparse.Namespace,
+    *,
+    max_image_pixels: int,
+    console: Console | None = None,
+    s3: S3Options | None = None,
 ) -> TrainResult:
     console = console or Console()
+    run, args, resumed = _open_run(args)
     _seed_everything(args.seed)
     device = resolve_device(args.device)
     spec = get_spec(args.arch)
     weights: WeightsSource = "file" if args.weights_file else args.weights
 
-    index = scan_image_folder(args.data)
-    data_fingerprint = fingerprint(index)
+    data = _load(args.data, max_pixels=max_image_pixels, s3=s3, console=console)
+    if resumed is not None and resumed.get("dataset_fingerprint") != data.fingerprint:
+        raise ConfigurationError(
+            f"The data at {args.data} changed since the run in {run.path} started "
+            "(its fingerprint differs): start a new run instead of resuming."
+        )
+    run.write_skipped(data.skipped)
     train_idx, val_idx = stratified_split(
-        index.targets, val_fraction=args.val_fraction, seed=args.seed
+        data.targets, val_fraction=args.val_fraction, seed=args.seed
     )
     if weights == "none":  # no crop margin unless asked: the whole image is seen
         preprocessing = PreprocessConfig(
@@ -122,103 +76,233 @@ def main(
         preprocessing = PreprocessConfig.for_weights(
             spec.imagenet_weights, crop_size=args.image_size, resize_size=args.resize_size
         )
-    transform = EvalTransform(preprocessing)
-    dataset = ImageDataset(index.paths, index.targets, transform, max_pixels=max_image_pixels)
+    augmentation = Augmentation(
+        crop_scale=args.crop_scale, hflip=args.hflip, color_jitter=args.color_jitter
+    )
+    train_set = LabelledDataset(
+        data,
+        train_idx,
+        TrainTransform(preprocessing, augmentation),
+        max_pixels=max_image_pixels,
+    )
+    val_set = LabelledDataset(
+        data, val_idx, EvalTransform(preprocessing), max_pixels=max_image_pixels
+    )
     generator = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(
-        Subset(dataset, train_idx),
+        train_set,
         batch_size=args.batch_size,
-        shuffle=True,
         drop_last=len(train_idx) > args.batch_size,  # no 1-image batch for BatchNorm
         num_workers=args.workers,
         generator=generator,
+        **_order(args.balance, train_set.targets[MAIN_HEAD], len(data.classes), generator),
     )
-    val_loader = DataLoader(
-        Subset(dataset, val_idx), batch_size=args.batch_size * 2, num_workers=args.workers
-    )
+    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, num_workers=args.workers)
     console.print(
-        f"[bold]{args.arch}[/] on {index.root}: {len(index.classes)} classes, "
-        f"{len(train_idx)} train / {len(val_idx)} held-out images, {args.image_size}px, {device}"
+        f"[bold]{args.arch}[/] on {data.source}: {len(data.classes)} classes"
+        + (f", heads {', '.join(data.heads)}" if data.heads else "")
+        + f", {len(train_idx)} train / {len(val_idx)} held-out images, {args.image_size}px, "
+        f"{device}"
     )
 
+    heads = list(data.heads)
     net = build_model(
         arch=args.arch,
-        num_classes=len(index.classes),
+        num_classes=len(data.classes),
+        heads={h: len(v) for h, v in data.heads.items()},
         weights=weights,
         weights_file=args.weights_file,
     ).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=args.lr,
-        total_steps=max(1, args.epochs * len(train_loader)),
-        pct_start=0.15,
+    trainer = Trainer(
+        net,
+        config=FitConfig(
+            epochs=args.epochs,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            warmup_epochs=args.warmup_epochs,
+            freeze_epochs=args.freeze_epochs,
+            patience=args.patience,
+            precision=_precision(args.precision, device),
+            class_weights=_class_weights(train_set.targets[MAIN_HEAD], len(data.classes))
+            if args.balance == "weights"
+            else None,
+        ),
+        heads=heads,
+        steps_per_epoch=len(train_loader),
+        device=device,
+        generator=generator,
     )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    if resumed is not None:
+        trainer.load(run.checkpoint)
+        console.print(f"resuming {run.path} after epoch {trainer.state.epoch}")
+    run.write_config(
+        {
+            "args": _resolved_config(args),
+            "dataset_fingerprint": data.fingerprint,
+            "data": {
+                "source": data.source,
+                "classes": data.classes,
+                "heads": data.heads,
+                "images": len(data.samples),
+                "skipped": len(data.skipped),
+                "train": len(train_idx),
+                "held_out": len(val_idx),
+            },
+            "device": str(device),
+        }
+    )
 
     started = time.perf_counter()
-    history: list[dict[str, float]] = []
-    with Progress(
+    with _progress(console) as progress:
+        task = progress.add_task("train", total=args.epochs * len(train_loader), status="")
+        progress.update(task, completed=trainer.state.epoch * len(train_loader))
+        while trainer.state.epoch < args.epochs:
+            epoch = trainer.state.epoch + 1
+
+            def on_step(loss: float, top1: float, epoch: int = epoch) -> None:
+                progress.update(
+                    task,
+                    advance=1,
+                    description=f"epoch {epoch}/{args.epochs}",
+                    status=f"loss {loss:.4f}  top-1 {top1:.2%}",
+                )
+
+            record = trainer.train_epoch(train_loader, on_step=on_step)
+            record.update(trainer.evaluate(val_loader)["metrics"])
+            stop = trainer.end_epoch(record)
+            trainer.save(run.checkpoint)
+            run.write_history(trainer.state.history)
+            progress.console.print(
+                f"epoch {epoch}/{args.epochs}  train loss {record['train_loss']:.4f}  "
+                f"held-out loss {record['val_loss']:.4f}  top-1 {record['val_top1']:.2%}"
+                + "".join(
+                    f"  {h} {record[f'val_{h}_top1']:.2%}"
+                    for h in heads
+                    if f"val_{h}_top1" in record
+                )
+            )
+            if stop and trainer.state.epoch < args.epochs:
+                progress.console.print(
+                    f"early stop: no better held-out loss for {args.patience} epochs"
+                )
+                break
+
+    state = trainer.state
+    # With early stopping the best held-out epoch is registered, else the last one.
+    chosen = state.best_epoch if args.patience > 0 else state.epoch
+    if args.patience > 0 and state.best_weights is not None:
+        net.load_state_dict(state.best_weights)
+    best = state.history[chosen - 1]
+    final = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
+    final["epoch"] = chosen
+    final["train_seconds"] = round(time.perf_counter() - started, 1)
+    card = ModelCard(
+        architecture=args.arch,
+        labels=data.classes,
+        heads=data.heads,
+        preprocessing=preprocessing,
+        metrics=final,
+        dataset_fingerprint=data.fingerprint,
+        training_config={
+            **_resolved_config(args),
+            "device": str(device),
+            "n_train": len(train_idx),
+            "n_val": len(val_idx),
+            "skipped": len(data.skipped),
+            "run_dir": str(run.path),
+            "history": state.history,
+        },
+    )
+    model = register_model(net.cpu(), card, name=args.model_name)
+    console.print(
+        f"held-out top-1 accuracy: [bold]{final['val_top1']:.2%}[/] on {len(val_idx)} images"
+        f" (epoch {chosen})"
+    )
+    for head in heads:
+        if f"val_{head}_top1" in final:
+            console.print(f"held-out {head} accuracy: [bold]{final[f'val_{head}_top1']:.2%}[/]")
+    console.print(f"registered [bold]{model.tag}[/]; run directory {run.path}")
+    return TrainResult(model, final, run.path)
+
+
+def _open_run(
+    args: argparse.Namespace,
+) -> tuple[RunDir, argparse.Namespace, dict[str, Any] | None]:
+    if args.resume:
+        run = RunDir.existing(Path(args.resume))
+        config = run.read_config()
+        return run, argparse.Namespace(**{**config["args"], "resume": args.resume}), config
+    if not args.data:
+        raise ConfigurationError("--data is required (unless --resume names a run directory).")
+    return RunDir.create(Path(args.run_dir), args.model_name), args, None
+
+
+def _load(source: str, *, max_pixels: int, s3: S3Options | None, console: Console) -> LabelledData:
+    with _progress(console) as progress:
+        task = progress.add_task("checking images", total=None, status="")
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        data = load_data(source, max_pixels=max_pixels, s3=s3, progress=on_progress)
+    if data.skipped:
+        shown = "; ".join(f"{uri} ({reason})" for uri, reason in data.skipped[:5])
+        more = f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else ""
+        console.print(
+            f"[yellow]skipped {len(data.skipped)} bad entries[/]: {shown}{more} "
+            "(all listed in the run directory's skipped.txt)"
+        )
+    return data
+
+
+def _order(
+    balance: str, targets: list[int], n_classes: int, generator: torch.Generator
+) -> dict[str, Any]:
+    """DataLoader ordering: shuffled, or sampled with equal weight per class."""
+    if balance != "sampler":
+        return {"shuffle": True}
+    weights = torch.tensor(_class_weights(targets, n_classes))[torch.tensor(targets)]
+    sampler = WeightedRandomSampler(
+        weights.tolist(), num_samples=len(targets), replacement=True, generator=generator
+    )
+    return {"sampler": sampler}
+
+
+def _class_weights(targets: list[int], n_classes: int) -> list[float]:
+    """Inverse class frequency, averaging 1 over the images."""
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+    weights = len(targets) / (n_classes * np.maximum(counts, 1))
+    return [float(w) for w in weights]
+
+
+def _precision(choice: str, device: torch.device) -> str:
+    if choice != "auto":
+        if choice == "fp16" and device.type != "cuda":
+            raise ConfigurationError("--precision fp16 needs a CUDA device; use bf16 on a CPU.")
+        return choice
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
         console=console,
-    ) as progress:
-        task = progress.add_task("train", total=args.epochs * len(train_loader), status="")
-        for epoch in range(1, args.epochs + 1):
-            net.train()
-            running, seen = 0.0, 0
-            for x, y in train_loader:
-                x, y = x.to(device), y.to(device)
-                loss = loss_fn(net(x)[MAIN_HEAD], y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                running += loss.item() * len(y)
-                seen += len(y)
-                progress.update(
-                    task,
-                    advance=1,
-                    description=f"epoch {epoch}/{args.epochs}",
-                    status=f"loss {running / seen:.4f}",
-                )
-            targets, probs = predict_loader(net, val_loader, device=device)
-            epoch_metrics = classification_metrics(targets, probs)
-            history.append({"epoch": epoch, "train_loss": running / max(seen, 1), **epoch_metrics})
-            progress.console.print(
-                f"epoch {epoch}/{args.epochs}  train loss {running / max(seen, 1):.4f}  "
-                f"held-out top-1 {epoch_metrics['top1']:.2%}"
-            )
-
-    final = {f"val_{k}": v for k, v in history[-1].items() if k != "epoch"}
-    final["train_seconds"] = round(time.perf_counter() - started, 1)
-    card = ModelCard(
-        architecture=args.arch,
-        labels=index.classes,
-        preprocessing=preprocessing,
-        metrics=final,
-        dataset_fingerprint=data_fingerprint,
-        training_config=_resolved_config(
-            args, device=str(device), n_train=len(train_idx), n_val=len(val_idx), history=history
-        ),
     )
-    model = register_model(net.cpu(), card, name=args.model_name)
-    console.print(
-        f"held-out top-1 accuracy: [bold]{final['val_top1']:.2%}[/] on {len(val_idx)} images"
-    )
-    console.print(f"registered [bold]{model.tag}[/]")
-    return TrainResult(model, final)
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _resolved_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    config = {k: v for k, v in vars(args).items() if not callable(v) and k != "command"}
-    return {**config, **extra}
+def _resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if not callable(v) and k != "command"}

@@ -14,7 +14,13 @@ from training.train import main
 def test_smoke_on_tiny_generated_data(shapes_dir: Path) -> None:
     console = Console(record=True, width=120)
     args = train_args(
-        data=shapes_dir, arch="resnet18", image_size=32, epochs=6, batch_size=16, model_name="smoke"
+        data=shapes_dir,
+        arch="resnet18",
+        image_size=32,
+        epochs=6,
+        batch_size=16,
+        patience=0,
+        model_name="smoke",
     )
     result = main(args, max_image_pixels=10**8, console=console)
     out = console.export_text()
