@@ -33,6 +33,9 @@ from imageiq.registry import RegisteredModel  # noqa: E402
 from training.train import add_arguments  # noqa: E402
 from training.train import main as train_main  # noqa: E402
 
+# Digits are neither mirror-symmetric nor framed loosely: the demo recipe trains without.
+NO_AUGMENTATION = {"crop_scale": 1.0, "hflip": False, "color_jitter": 0.0}
+
 
 def train_args(**overrides: object) -> Namespace:
     import argparse
@@ -118,14 +121,18 @@ def species_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_model(digits_dir: Path) -> RegisteredModel:
     """A real digits model (resnet18, 16 px, 3 epochs: seconds on 2 cores)."""
-    args = train_args(data=digits_dir, arch="resnet18", image_size=16, epochs=3, batch_size=64)
+    args = train_args(
+        data=digits_dir, arch="resnet18", image_size=16, epochs=3, batch_size=64, **NO_AUGMENTATION
+    )
     return train_main(args, max_image_pixels=50_000_000).model
 
 
 @pytest.fixture(scope="session")
 def newer_model(digits_dir: Path, digits_model: RegisteredModel) -> RegisteredModel:
     """A second, later version of the same model name (a different architecture)."""
-    args = train_args(data=digits_dir, arch="mobilenet_v3_small", image_size=16, epochs=1)
+    args = train_args(
+        data=digits_dir, arch="mobilenet_v3_small", image_size=16, epochs=1, **NO_AUGMENTATION
+    )
     return train_main(args, max_image_pixels=50_000_000).model
 
 

@@ -85,8 +85,9 @@ def test_runner_reports_a_model_that_cannot_load(attribute_model: RegisteredMode
 
 
 def test_bf16_channels_last_agrees_with_fp32(digits_model: RegisteredModel, digits_dir) -> None:
-    """The service's fast path (where the CPU runs bf16 natively) against the fp32 reference:
-    the same top-1 on real digits, scores within 0.05."""
+    """The service's fast path (where the CPU runs bf16 natively) against the fp32 reference
+    on real digits: the same top-1 wherever the two best labels are not a near-tie (and on
+    at least 99% overall), scores within 0.05."""
     from training.data import scan_image_folder
 
     fp32 = Classifier.load(digits_model.tag)
@@ -99,8 +100,11 @@ def test_bf16_channels_last_agrees_with_fp32(digits_model: RegisteredModel, digi
         [fp32.prepare(fp32.decode(p.read_bytes(), max_pixels=10**6).image) for p in paths]
     )
     reference, got = fp32.predict_proba(batch)["label"], fast.predict_proba(batch)["label"]
-    agreement = (reference.argmax(1) == got.argmax(1)).float().mean().item()
-    assert agreement >= 0.995
+    same = reference.argmax(1) == got.argmax(1)
+    assert same.float().mean().item() >= 0.99
+    top2 = reference.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.05  # not a near-tie between two labels
+    assert same[clear].all()
     assert (reference - got).abs().max().item() < 0.05
 
 
