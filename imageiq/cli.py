@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Column, Table
 
-from imageiq.errors import ImageIQError
+from imageiq.errors import ConfigurationError, ImageIQError
 from imageiq.settings import Settings
 
 console = Console()
@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--predictions-out", type=Path, default=None, help="write a CSV per image")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "predict", help="predict an unlabelled folder (or a manifest) to CSV, streaming"
+    )
+    p.add_argument("source", help="a folder of images (searched recursively) or a manifest")
+    p.add_argument("--model", default=None, help="name:version (default: the active model)")
+    p.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=1)
+    p.set_defaults(func=cmd_predict)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         dest="models_command", required=True
@@ -170,6 +180,36 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                     [path, classifier.labels[target], classifier.labels[best], f"{row[best]:.6f}"]
                 )
         console.print(f"predictions written to {args.predictions_out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.progress import Progress
+
+    from imageiq.inference import Classifier
+    from training.predict import list_inputs, predict_to_csv
+    from training.sources import BlobReader, S3Options
+
+    if args.batch_size < 1 or not 1 <= args.top_k <= 100:
+        raise ConfigurationError("--batch-size must be at least 1 and --top-k within 1..100.")
+    s3 = S3Options(endpoint_url=settings.s3_endpoint_url)
+    classifier = Classifier.load(args.model or settings.model_tag, device=settings.device)
+    inputs = list_inputs(args.source, max_pixels=settings.max_image_pixels, s3=s3)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"predicting with {classifier.model.tag}", total=len(inputs))
+        summary = predict_to_csv(
+            classifier,
+            inputs,
+            args.out,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            max_pixels=settings.max_image_pixels,
+            reader=BlobReader(s3=s3),
+            progress=lambda n: progress.advance(task, n),
+        )
+    console.print(
+        f"{summary.images} images, {summary.failed} could not be read: predictions in {summary.out}"
+    )
     return 0
 
 
