@@ -43,10 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_train_arguments(sub.add_parser("train", help="train and register a model"))
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a registered model on an ImageFolder tree")
-    p.add_argument("--model", default=None, help="name:version (default: the served setting)")
-    p.add_argument("--data", type=Path, required=True)
+    p = sub.add_parser(
+        "evaluate", help="evaluation report of a registered model on labelled images"
+    )
+    p.add_argument("--model", default=None, help="name:version (default: the active model)")
+    p.add_argument("--data", required=True, help="ImageFolder tree or CSV/JSONL manifest")
+    p.add_argument(
+        "--split",
+        choices=["all", "val"],
+        default="all",
+        help="every image, or the model's own held-out split (its seed and fraction)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--report-dir", type=Path, default=None, help="write report.json and the plots here"
+    )
     p.add_argument("--predictions-out", type=Path, default=None, help="write a CSV per image")
     p.set_defaults(func=cmd_evaluate)
 
@@ -157,27 +168,80 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     import csv
 
-    from imageiq.inference import Classifier
-    from training.data import scan_image_folder
-    from training.evaluate import classification_metrics, evaluate_folder
+    from rich.progress import Progress
 
+    from imageiq.inference import Classifier
+    from training.data import stratified_split
+    from training.report import build_report, predict_data
+    from training.sources import S3Options, load_data
+
+    if args.batch_size < 1:
+        raise ConfigurationError("--batch-size must be at least 1.")
     classifier = Classifier.load(args.model or settings.model_tag, device=settings.device)
-    index = scan_image_folder(args.data)
-    targets, probs = evaluate_folder(
-        classifier, index, batch_size=args.batch_size, max_pixels=settings.max_image_pixels
+    card = classifier.model.card
+    data = load_data(
+        args.data,
+        max_pixels=settings.max_image_pixels,
+        s3=S3Options(endpoint_url=settings.s3_endpoint_url),
     )
-    scores = classification_metrics(targets, probs)
-    console.print(f"[bold]{classifier.model.tag}[/] on {args.data} ({len(targets)} images)")
-    for name, value in scores.items():
-        console.print(f"  {name:>9}: {value:.4f}")
+    indices = list(range(len(data.samples)))
+    if args.split == "val":
+        config = card.training_config
+        if "seed" not in config or "val_fraction" not in config:
+            raise ConfigurationError(f"{classifier.model.tag} records no held-out split.")
+        if card.dataset_fingerprint != data.fingerprint:
+            console.print(
+                f"[yellow]note[/]: {args.data} is not the data {classifier.model.tag} was "
+                "trained on (fingerprints differ): its split is not the model's held-out one"
+            )
+        _, indices = stratified_split(
+            data.targets, val_fraction=config["val_fraction"], seed=config["seed"]
+        )
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"evaluating {classifier.model.tag}", total=len(indices))
+        arrays = predict_data(
+            classifier,
+            data,
+            indices,
+            batch_size=args.batch_size,
+            max_pixels=settings.max_image_pixels,
+            progress=lambda n: progress.advance(task, n),
+        )
+    report = build_report(classifier, arrays, out_dir=args.report_dir)
+    console.print(
+        f"[bold]{classifier.model.tag}[/] on {args.data} ({args.split}: {len(indices)} images"
+        f", {len(data.skipped)} skipped)"
+    )
+    table = Table("head", "images", "top-1", "top-5", "macro-F1", "ECE (T=1)", "ECE", "T", box=None)
+    for head, section in report["heads"].items():
+        m, cal = section["metrics"], section["calibration"]
+        table.add_row(
+            head,
+            str(section["images"]),
+            f"{m['top1']:.4f}",
+            f"{m['top5']:.4f}" if "top5" in m else "-",
+            f"{m['macro_f1']:.4f}",
+            f"{cal['ece_uncalibrated']:.4f}",
+            f"{cal['ece']:.4f}",
+            f"{cal['temperature']:.3f}",
+        )
+    console.print(table)
+    if args.report_dir:
+        console.print(f"report and plots in {args.report_dir}")
     if args.predictions_out:
+        targets, probs = arrays["label"]
         with args.predictions_out.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "predicted", "score"])
-            for path, target, row in zip(index.paths, targets, probs, strict=True):
+            for i, target, row in zip(indices, targets, probs, strict=True):
                 best = int(row.argmax())
                 writer.writerow(
-                    [path, classifier.labels[target], classifier.labels[best], f"{row[best]:.6f}"]
+                    [
+                        data.samples[i].uri,
+                        classifier.labels[target],
+                        classifier.labels[best],
+                        f"{row[best]:.6f}",
+                    ]
                 )
         console.print(f"predictions written to {args.predictions_out}")
     return 0

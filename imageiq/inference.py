@@ -150,7 +150,10 @@ class Classifier:
             batch = batch.pin_memory()
         x = self.transform.normalize(batch.to(self.device, non_blocking=True))
         if self.int8 is not None:
-            return self.int8.predict_proba(x)
+            return {
+                name: torch.softmax(torch.log(p.clamp_min(1e-12)) / self.temperature(name), 1)
+                for name, p in self.int8.predict_proba(x).items()
+            }
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = _DTYPES.get(self.precision)
@@ -161,7 +164,14 @@ class Classifier:
         )
         with autocast:
             logits = self._forward(x)
-        return {name: torch.softmax(out.float(), dim=1).cpu() for name, out in logits.items()}
+        return {
+            name: torch.softmax(out.float() / self.temperature(name), dim=1).cpu()
+            for name, out in logits.items()
+        }
+
+    def temperature(self, head: str) -> float:
+        """The head's calibration temperature from the card (1: uncalibrated)."""
+        return float(self.model.card.temperature.get(head, 1.0))
 
     def predict(self, batch: torch.Tensor, *, top_k: int = 5) -> list[Prediction]:
         return self.postprocess(self.predict_proba(batch), top_k=top_k)

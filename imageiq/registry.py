@@ -40,6 +40,9 @@ class ModelCard(BaseModel):
     heads: dict[str, list[str]] = Field(default_factory=dict)
     preprocessing: PreprocessConfig
     metrics: dict[str, float] = Field(default_factory=dict)
+    # Temperature per head, fitted on the held-out split: served scores are
+    # softmax(logits / T), so a 0.9 means right about 9 times in 10. Absent: 1.
+    temperature: dict[str, float] = Field(default_factory=dict)
     dataset_fingerprint: str | None = None
     training_config: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))

@@ -31,8 +31,9 @@ from training.augment import Augmentation, TrainTransform
 from training.options import add_arguments
 
 __all__ = ["TrainResult", "add_arguments", "main"]
+from training.calibration import expected_calibration_error, fit_temperature, temper
 from training.data import LabelledDataset, stratified_split
-from training.loop import FitConfig, Trainer
+from training.loop import IGNORE, FitConfig, Trainer
 from training.run import RunDir
 from training.sources import LabelledData, S3Options, load_data
 
@@ -197,12 +198,14 @@ def main(
     final = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
     final["epoch"] = chosen
     final["train_seconds"] = round(time.perf_counter() - started, 1)
+    temperature = _calibrate(trainer, val_loader, final)
     card = ModelCard(
         architecture=args.arch,
         labels=data.classes,
         heads=data.heads,
         preprocessing=preprocessing,
         metrics=final,
+        temperature=temperature,
         dataset_fingerprint=data.fingerprint,
         training_config={
             **_resolved_config(args),
@@ -222,8 +225,31 @@ def main(
     for head in heads:
         if f"val_{head}_top1" in final:
             console.print(f"held-out {head} accuracy: [bold]{final[f'val_{head}_top1']:.2%}[/]")
+    console.print(
+        f"calibration: temperature {temperature[MAIN_HEAD]:.3f}, held-out ECE "
+        f"{final['val_ece']:.4f} -> {final['val_ece_calibrated']:.4f}"
+    )
     console.print(f"registered [bold]{model.tag}[/]; run directory {run.path}")
     return TrainResult(model, final, run.path)
+
+
+def _calibrate(
+    trainer: Trainer, val_loader: DataLoader[Any], final: dict[str, float]
+) -> dict[str, float]:
+    """A temperature per head fitted on the held-out split with the registered weights, and
+    the main head's ECE before and after it (into ``final``)."""
+    arrays = trainer.evaluate(val_loader)["arrays"]
+    temperature = {}
+    for head, (targets, probs) in arrays.items():
+        known = targets != IGNORE
+        temperature[head] = round(fit_temperature(probs[known], targets[known]), 4)
+    targets, probs = arrays[MAIN_HEAD]
+    final["val_ece"] = expected_calibration_error(probs, targets)
+    final["val_ece_calibrated"] = expected_calibration_error(
+        temper(probs, temperature[MAIN_HEAD]), targets
+    )
+    final["temperature"] = temperature[MAIN_HEAD]
+    return temperature
 
 
 def _open_run(

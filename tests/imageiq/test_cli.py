@@ -49,7 +49,7 @@ def test_evaluate_scores_a_registered_model(
         )
         == 0
     )
-    assert "top1" in capsys.readouterr().out
+    assert "top-1" in capsys.readouterr().out
     rows = out_csv.read_text().splitlines()
     assert rows[0] == "path,label,predicted,score" and len(rows) == 1798
 

@@ -1,0 +1,161 @@
+"""The evaluation report of a registered model on labelled data, through the serving path.
+
+Per head: top-1 (and top-5 with more than 5 classes), macro-F1, log-loss, per-class
+precision/recall/F1 and the confusion matrix (scikit-learn); for calibration the ECE
+(torchmetrics) without and with the model's stored temperature, and the reliability
+diagram. Written as ``report.json`` plus PNGs when given a directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    classification_report,
+    confusion_matrix,
+)
+
+from imageiq.architectures import MAIN_HEAD
+from imageiq.errors import DatasetError
+from imageiq.inference import Classifier
+from training.calibration import expected_calibration_error, reliability, temper
+from training.evaluate import classification_metrics
+from training.loop import IGNORE
+from training.sources import LabelledData
+
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # head -> (targets, probabilities)
+
+
+def predict_data(
+    classifier: Classifier,
+    data: LabelledData,
+    indices: Sequence[int],
+    *,
+    batch_size: int,
+    max_pixels: int,
+    progress: Callable[[int], None] | None = None,
+) -> Arrays:
+    """(targets in the model's label order, served probabilities) per head."""
+    vocab = {MAIN_HEAD: classifier.labels, **classifier.heads}
+    given = {MAIN_HEAD: data.classes, **data.heads}
+    targets: dict[str, np.ndarray] = {}
+    for head, values in vocab.items():
+        if head not in given:
+            continue
+        unknown = sorted(set(given[head]) - set(values))
+        if unknown:
+            raise DatasetError(
+                f"{head} values {unknown} in {data.source} are not known to "
+                f"{classifier.model.tag} ({', '.join(values)})."
+            )
+        index = {v: i for i, v in enumerate(values)}
+        raw = data.targets if head == MAIN_HEAD else data.head_targets(head)
+        targets[head] = np.asarray(
+            [index[given[head][raw[i]]] if raw[i] != IGNORE else IGNORE for i in indices]
+        )
+    probs: dict[str, list[np.ndarray]] = {head: [] for head in targets}
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        batch = torch.stack(
+            [
+                classifier.prepare(classifier.decode(data.read(i), max_pixels=max_pixels).image)
+                for i in chunk
+            ]
+        )
+        out = classifier.predict_proba(batch)
+        for head in probs:
+            probs[head].append(out[head].numpy())
+        if progress is not None:
+            progress(len(chunk))
+    return {head: (targets[head], np.concatenate(probs[head])) for head in targets}
+
+
+def build_report(
+    classifier: Classifier, arrays: Arrays, *, out_dir: Path | None = None
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"model": classifier.model.tag, "heads": {}}
+    vocab = {MAIN_HEAD: classifier.labels, **classifier.heads}
+    for head, (targets, probs) in arrays.items():
+        known = targets != IGNORE
+        t, p = targets[known], probs[known]
+        labels = vocab[head]
+        predicted = p.argmax(axis=1)
+        temperature = classifier.temperature(head)
+        raw = temper(p, 1.0 / temperature)  # the scores before the stored temperature
+        section: dict[str, Any] = {
+            "images": int(known.sum()),
+            "metrics": classification_metrics(t, p),
+            "per_class": classification_report(
+                t,
+                predicted,
+                labels=list(range(len(labels))),
+                target_names=labels,
+                output_dict=True,
+                zero_division=0,
+            ),
+            "confusion_matrix": {
+                "labels": labels,
+                "matrix": confusion_matrix(t, predicted, labels=list(range(len(labels)))).tolist(),
+            },
+            "calibration": {
+                "temperature": temperature,
+                "ece_uncalibrated": expected_calibration_error(raw, t),
+                "ece": expected_calibration_error(p, t),
+            },
+        }
+        report["heads"][head] = section
+        if out_dir is not None:
+            _plot_confusion(section, out_dir / f"confusion_matrix_{head}.png")
+            _plot_reliability(raw, p, t, temperature, out_dir / f"reliability_{head}.png")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _plot_confusion(section: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matrix = np.asarray(section["confusion_matrix"]["matrix"])
+    labels = section["confusion_matrix"]["labels"]
+    size = max(4.0, 0.5 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(matrix, display_labels=labels).plot(
+        ax=ax, colorbar=False, xticks_rotation=45 if len(labels) > 6 else "horizontal"
+    )
+    ax.set_title("confusion matrix (rows: true, columns: predicted)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_reliability(
+    raw: np.ndarray, calibrated: np.ndarray, targets: np.ndarray, temperature: float, path: Path
+) -> None:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    for probs, label in (
+        (raw, f"uncalibrated (ECE {expected_calibration_error(raw, targets):.3f})"),
+        (
+            calibrated,
+            f"T = {temperature:.2f} (ECE {expected_calibration_error(calibrated, targets):.3f})",
+        ),
+    ):
+        confidence, accuracy = reliability(probs, targets)
+        ax.plot(confidence, accuracy, marker="o", label=label)
+    ax.set(xlabel="confidence (top-1 score)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title("reliability diagram")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
