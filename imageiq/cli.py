@@ -71,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1)
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser(
+        "export", help="export a registered model to ONNX / TorchScript, checked against PyTorch"
+    )
+    p.add_argument("--model", default=None, help="name:version (default: the active model)")
+    p.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=["onnx", "torchscript"],
+        required=True,
+        help="repeat for several",
+    )
+    p.add_argument(
+        "--data", default=None, help="images to check the export on (default: random images)"
+    )
+    p.add_argument("--images", type=int, default=100, help="how many images to check on")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest logit difference")
+    p.set_defaults(func=cmd_export)
+
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         dest="models_command", required=True
     )
@@ -244,6 +263,47 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                     ]
                 )
         console.print(f"predictions written to {args.predictions_out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from imageiq.export import export_model
+    from imageiq.inference import Classifier
+
+    if args.images < 1:
+        raise ConfigurationError("--images must be at least 1.")
+    classifier = Classifier.load(args.model or settings.model_tag)
+    if args.data:
+        from training.sources import S3Options, load_data
+
+        data = load_data(
+            args.data,
+            max_pixels=settings.max_image_pixels,
+            s3=S3Options(endpoint_url=settings.s3_endpoint_url),
+        )
+        batch = torch.stack(
+            [
+                classifier.prepare(
+                    classifier.decode(data.read(i), max_pixels=settings.max_image_pixels).image
+                )
+                for i in range(min(args.images, len(data.samples)))
+            ]
+        )
+    else:
+        generator = torch.Generator().manual_seed(0)
+        shape = (args.images, *classifier.input_shape)
+        batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    inputs = classifier.transform.normalize(batch)
+    exports = export_model(
+        classifier.model.tag, formats=args.formats, inputs=inputs, tolerance=args.tolerance
+    )
+    for fmt, info in exports.items():
+        console.print(
+            f"{fmt}: {classifier.model.path}/{info['file']}, max |logit difference| from "
+            f"PyTorch {info['max_abs_diff']:.2e} on {info['images']} images"
+        )
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,11 +31,11 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from imageiq.architectures import MAIN_HEAD, ImageIQNet
 from imageiq.errors import ConfigurationError, DatasetError
+from imageiq.export import INPUT_NAME, OPSET, export_onnx
 from imageiq.preprocessing import EvalTransform
 from imageiq.registry import (
     WEIGHTS_FILE,
@@ -55,8 +54,6 @@ from training.data import (
 
 RUNTIME = "onnx-int8"
 ONNX_FILE = "model.int8.onnx"
-OPSET = 17
-INPUT_NAME = "input"
 # Without a seed and held-out fraction in the card: the split train.py makes by default.
 DEFAULT_SEED, DEFAULT_VAL_FRACTION = 0, 0.2
 BATCH_SIZE = 32
@@ -148,7 +145,7 @@ def quantize_model(
     heads = [MAIN_HEAD, *card.heads]
     with tempfile.TemporaryDirectory(prefix="imageiq-int8-") as tmp:
         fp32_file, int8_file = Path(tmp) / "model.onnx", Path(tmp) / ONNX_FILE
-        _export(net, fp32_file, heads=heads, size=card.preprocessing.crop_size)
+        export_onnx(net, fp32_file, heads=heads, size=card.preprocessing.crop_size)
         _quantize(fp32_file, int8_file, _Calibration(split.batches(calibration)))
         runtime = OnnxInt8Runtime(path=int8_file, threads=torch.get_num_threads())
         scores = _compare(net, runtime, split)
@@ -234,36 +231,6 @@ class _Calibration(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         return None if batch is None else {INPUT_NAME: batch[0].numpy()}
-
-
-class _Outputs(nn.Module):
-    """ImageIQNet's dict of logits as a tuple in a fixed head order (ONNX outputs are a list)."""
-
-    def __init__(self, net: ImageIQNet, heads: Sequence[str]) -> None:
-        super().__init__()
-        self.net, self.heads = net, list(heads)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = self.net(x)
-        return tuple(logits[h] for h in self.heads)
-
-
-def _export(net: ImageIQNet, path: Path, *, heads: Sequence[str], size: int) -> None:
-    # The torch.export-based exporter (the default since torch 2.9) needs onnxscript, which
-    # this project does not install; the TorchScript one is deprecated but complete for CNNs.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
-        warnings.filterwarnings("ignore", message="The feature will be removed")
-        torch.onnx.export(
-            _Outputs(net, heads).eval(),
-            (torch.zeros(1, 3, size, size),),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(heads),
-            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *heads]},
-            opset_version=OPSET,
-            dynamo=False,
-        )
 
 
 def _quantize(fp32_file: Path, int8_file: Path, reader: CalibrationDataReader) -> None:

@@ -43,6 +43,8 @@ class ModelCard(BaseModel):
     # Temperature per head, fitted on the held-out split: served scores are
     # softmax(logits / T), so a 0.9 means right about 9 times in 10. Absent: 1.
     temperature: dict[str, float] = Field(default_factory=dict)
+    # Exported files in the model's directory (imageiq export): format -> file and check.
+    exports: dict[str, dict[str, Any]] = Field(default_factory=dict)
     dataset_fingerprint: str | None = None
     training_config: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
