@@ -31,10 +31,40 @@ HEAD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 WeightsSource = Literal["none", "imagenet", "file"]
 
 
+class BaselineCNN(nn.Module):
+    """A small CNN trained from scratch: the floor every transfer-learned model must beat.
+
+    Three blocks of two 3x3 conv + BatchNorm + ReLU (32, 64, 128 channels) with max-pooling,
+    global average pooling and a linear layer (replaced by the heads like any backbone's).
+    """
+
+    def __init__(self, *, weights: None = None, num_classes: int = 1000) -> None:
+        super().__init__()
+        if weights is not None:
+            raise ConfigurationError("baseline_cnn has no pretrained weights.")
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in (32, 64, 128):
+            for _ in range(2):
+                layers += [
+                    nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
+                channels = width
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     builder: Callable[..., nn.Module]
-    imagenet_weights: WeightsEnum
+    imagenet_weights: WeightsEnum | None
     # Dotted path of the final nn.Linear that the heads replace.
     final_layer: str
     family: str
@@ -55,6 +85,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         "classifier.3",
         "mobilenet",
     ),
+    "baseline_cnn": ArchSpec(BaselineCNN, None, "fc", "baseline"),
 }
 
 
@@ -133,6 +164,8 @@ def _validate_heads(num_classes: int, heads: Mapping[str, int]) -> dict[str, int
 
 def _build_imagenet(arch: str, spec: ArchSpec) -> nn.Module:
     w = spec.imagenet_weights
+    if w is None:
+        raise ConfigurationError(f"{arch} has no pretrained weights; train it with --weights none.")
     try:
         return spec.builder(weights=w)
     except (OSError, RuntimeError, ValueError) as e:

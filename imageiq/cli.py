@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -46,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate", help="evaluation report of a registered model on labelled images"
     )
-    p.add_argument("--model", default=None, help="name:version (default: the active model)")
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=None,
+        help="name:version (default: the active model); repeat to evaluate the ensemble "
+        "(average probabilities) of several",
+    )
     p.add_argument("--data", required=True, help="ImageFolder tree or CSV/JSONL manifest")
     p.add_argument(
         "--split",
@@ -93,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         dest="models_command", required=True
     )
+    p = models.add_parser("compare", help="several versions' metrics side by side on the same data")
+    p.add_argument("models", nargs="+", help="two or more name:version tags, champion first")
+    p.add_argument("--data", required=True, help="ImageFolder tree or CSV/JSONL manifest")
+    p.add_argument(
+        "--split",
+        choices=["all", "val"],
+        default="all",
+        help="every image, or the first model's held-out split",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_models_compare)
+
     p = models.add_parser("list", help="registered models, newest first")
     p.add_argument("--name", default=None, help="model name (default: the served setting)")
     p.set_defaults(func=cmd_models_list)
@@ -184,51 +204,64 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _evaluation_set(
+    args: argparse.Namespace, settings: Settings, card: Any, tag: str
+) -> tuple[Any, list[int]]:
+    """The labelled data and the indices to score: all, or ``tag``'s held-out split."""
+    from training.data import stratified_split
+    from training.sources import S3Options, load_data
+
+    if args.batch_size < 1:
+        raise ConfigurationError("--batch-size must be at least 1.")
+    data = load_data(
+        args.data,
+        max_pixels=settings.max_image_pixels,
+        s3=S3Options(endpoint_url=settings.s3_endpoint_url),
+    )
+    if args.split != "val":
+        return data, list(range(len(data.samples)))
+    config = card.training_config
+    if "seed" not in config or "val_fraction" not in config:
+        raise ConfigurationError(f"{tag} records no held-out split.")
+    if card.dataset_fingerprint != data.fingerprint:
+        console.print(
+            f"[yellow]note[/]: {args.data} is not the data {tag} was trained on "
+            "(fingerprints differ): its split is not the model's held-out one"
+        )
+    _, indices = stratified_split(
+        data.targets, val_fraction=config["val_fraction"], seed=config["seed"]
+    )
+    return data, indices
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     import csv
 
     from rich.progress import Progress
 
     from imageiq.inference import Classifier
-    from training.data import stratified_split
-    from training.report import build_report, predict_data
-    from training.sources import S3Options, load_data
+    from training.report import Ensemble, build_report, predict_data, predict_ensemble
 
-    if args.batch_size < 1:
-        raise ConfigurationError("--batch-size must be at least 1.")
-    classifier = Classifier.load(args.model or settings.model_tag, device=settings.device)
-    card = classifier.model.card
-    data = load_data(
-        args.data,
-        max_pixels=settings.max_image_pixels,
-        s3=S3Options(endpoint_url=settings.s3_endpoint_url),
-    )
-    indices = list(range(len(data.samples)))
-    if args.split == "val":
-        config = card.training_config
-        if "seed" not in config or "val_fraction" not in config:
-            raise ConfigurationError(f"{classifier.model.tag} records no held-out split.")
-        if card.dataset_fingerprint != data.fingerprint:
-            console.print(
-                f"[yellow]note[/]: {args.data} is not the data {classifier.model.tag} was "
-                "trained on (fingerprints differ): its split is not the model's held-out one"
-            )
-        _, indices = stratified_split(
-            data.targets, val_fraction=config["val_fraction"], seed=config["seed"]
-        )
+    tags = args.models or [settings.model_tag]
+    members = [Classifier.load(tag, device=settings.device) for tag in tags]
+    first = members[0]
+    data, indices = _evaluation_set(args, settings, first.model.card, first.model.tag)
+    scorer: Classifier | Ensemble = first if len(members) == 1 else Ensemble(members)
+    name = scorer.name if isinstance(scorer, Ensemble) else first.model.tag
     with Progress(console=console) as progress:
-        task = progress.add_task(f"evaluating {classifier.model.tag}", total=len(indices))
-        arrays = predict_data(
-            classifier,
-            data,
-            indices,
-            batch_size=args.batch_size,
-            max_pixels=settings.max_image_pixels,
-            progress=lambda n: progress.advance(task, n),
-        )
-    report = build_report(classifier, arrays, out_dir=args.report_dir)
+        task = progress.add_task(f"evaluating {name}", total=len(indices) * len(members))
+        options = {
+            "batch_size": args.batch_size,
+            "max_pixels": settings.max_image_pixels,
+            "progress": lambda n: progress.advance(task, n),
+        }
+        if isinstance(scorer, Ensemble):
+            arrays = predict_ensemble(scorer, data, indices, **options)
+        else:
+            arrays = predict_data(scorer, data, indices, **options)
+    report = build_report(scorer, arrays, out_dir=args.report_dir)
     console.print(
-        f"[bold]{classifier.model.tag}[/] on {args.data} ({args.split}: {len(indices)} images"
+        f"[bold]{name}[/] on {args.data} ({args.split}: {len(indices)} images"
         f", {len(data.skipped)} skipped)"
     )
     table = Table("head", "images", "top-1", "top-5", "macro-F1", "ECE (T=1)", "ECE", "T", box=None)
@@ -257,12 +290,60 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                 writer.writerow(
                     [
                         data.samples[i].uri,
-                        classifier.labels[target],
-                        classifier.labels[best],
+                        scorer.labels[target],
+                        scorer.labels[best],
                         f"{row[best]:.6f}",
                     ]
                 )
         console.print(f"predictions written to {args.predictions_out}")
+    return 0
+
+
+def cmd_models_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.progress import Progress
+
+    from imageiq.inference import Classifier
+    from training.report import build_report, predict_data
+
+    if len(args.models) < 2:
+        raise ConfigurationError("models compare needs at least two tags.")
+    members = [Classifier.load(tag, device=settings.device) for tag in args.models]
+    first = members[0]
+    data, indices = _evaluation_set(args, settings, first.model.card, first.model.tag)
+    reports = []
+    with Progress(console=console) as progress:
+        task = progress.add_task("scoring", total=len(indices) * len(members))
+        for classifier in members:
+            arrays = predict_data(
+                classifier,
+                data,
+                indices,
+                batch_size=args.batch_size,
+                max_pixels=settings.max_image_pixels,
+                progress=lambda n: progress.advance(task, n),
+            )
+            reports.append(build_report(classifier, arrays))
+    console.print(f"on {args.data} ({args.split}: {len(indices)} images)")
+    names = [chr(ord("A") + i) if i < 26 else f"M{i}" for i in range(len(members))]
+    for short, m in zip(names, members, strict=True):
+        console.print(f"  {short} = {m.model.tag}", soft_wrap=True)
+    table = Table("metric", *names, f"change ({names[-1]} - A)", box=None)
+    rows: list[tuple[str, list[float | None]]] = []
+    for head in reports[0]["heads"]:
+        for key in ("top1", "top5", "macro_f1", "log_loss"):
+            values = [r["heads"].get(head, {}).get("metrics", {}).get(key) for r in reports]
+            if any(v is not None for v in values):
+                rows.append((f"{head} {key}", values))
+        ece = [r["heads"].get(head, {}).get("calibration", {}).get("ece") for r in reports]
+        rows.append((f"{head} ECE", ece))
+    for label, values in rows:
+        change = (
+            f"{values[-1] - values[0]:+.4f}"
+            if values[0] is not None and values[-1] is not None
+            else "-"
+        )
+        table.add_row(label, *("-" if v is None else f"{v:.4f}" for v in values), change)
+    console.print(table)
     return 0
 
 

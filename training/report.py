@@ -26,7 +26,7 @@ from sklearn.metrics import (
 )
 
 from imageiq.architectures import MAIN_HEAD
-from imageiq.errors import DatasetError
+from imageiq.errors import ConfigurationError, DatasetError
 from imageiq.inference import Classifier
 from training.calibration import expected_calibration_error, reliability, temper
 from training.evaluate import classification_metrics
@@ -80,17 +80,59 @@ def predict_data(
     return {head: (targets[head], np.concatenate(probs[head])) for head in targets}
 
 
+class Ensemble:
+    """The average of several models' served probabilities, scored like one model. The
+    members must predict the same labels and attribute values in the same order."""
+
+    def __init__(self, members: Sequence[Classifier]) -> None:
+        first = members[0]
+        for other in members[1:]:
+            if other.labels != first.labels or other.heads != first.heads:
+                raise ConfigurationError(
+                    f"{other.model.tag} and {first.model.tag} do not predict the same labels "
+                    "and attributes: they cannot be averaged."
+                )
+        self.members = list(members)
+        self.labels, self.heads = first.labels, first.heads
+        self.name = "ensemble(" + ", ".join(m.model.tag for m in members) + ")"
+
+    def temperature(self, head: str) -> float:
+        return 1.0  # each member's own temperature is already in its probabilities
+
+
+def predict_ensemble(
+    ensemble: Ensemble,
+    data: LabelledData,
+    indices: Sequence[int],
+    *,
+    batch_size: int,
+    max_pixels: int,
+    progress: Callable[[int], None] | None = None,
+) -> Arrays:
+    runs = [
+        predict_data(
+            m, data, indices, batch_size=batch_size, max_pixels=max_pixels, progress=progress
+        )
+        for m in ensemble.members
+    ]
+    return {
+        head: (targets, np.mean([run[head][1] for run in runs], axis=0))
+        for head, (targets, _) in runs[0].items()
+    }
+
+
 def build_report(
-    classifier: Classifier, arrays: Arrays, *, out_dir: Path | None = None
+    scorer: Classifier | Ensemble, arrays: Arrays, *, out_dir: Path | None = None
 ) -> dict[str, Any]:
-    report: dict[str, Any] = {"model": classifier.model.tag, "heads": {}}
-    vocab = {MAIN_HEAD: classifier.labels, **classifier.heads}
+    name = scorer.name if isinstance(scorer, Ensemble) else scorer.model.tag
+    report: dict[str, Any] = {"model": name, "heads": {}}
+    vocab = {MAIN_HEAD: scorer.labels, **scorer.heads}
     for head, (targets, probs) in arrays.items():
         known = targets != IGNORE
         t, p = targets[known], probs[known]
         labels = vocab[head]
         predicted = p.argmax(axis=1)
-        temperature = classifier.temperature(head)
+        temperature = scorer.temperature(head)
         raw = temper(p, 1.0 / temperature)  # the scores before the stored temperature
         section: dict[str, Any] = {
             "images": int(known.sum()),

@@ -69,7 +69,7 @@ def main(
     train_idx, val_idx = stratified_split(
         data.targets, val_fraction=args.val_fraction, seed=args.seed
     )
-    if weights == "none":  # no crop margin unless asked: the whole image is seen
+    if weights == "none" or spec.imagenet_weights is None:  # no crop margin unless asked
         preprocessing = PreprocessConfig(
             resize_size=args.resize_size or args.image_size, crop_size=args.image_size
         )
