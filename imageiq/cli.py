@@ -281,7 +281,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if args.report_dir:
         console.print(f"report and plots in {args.report_dir}")
     if args.predictions_out:
-        targets, probs = arrays["label"]
+        targets, probs, _ = arrays["label"]
         with args.predictions_out.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "predicted", "score"])

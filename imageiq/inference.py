@@ -144,15 +144,19 @@ class Classifier:
         return self.transform.to_uint8(image)
 
     @torch.inference_mode()
-    def predict_proba(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """uint8 [N, 3, S, S] -> softmax probabilities per head, float32 on the CPU."""
+    def predict_proba(
+        self, batch: torch.Tensor, *, calibrated: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """uint8 [N, 3, S, S] -> softmax probabilities per head, float32 on the CPU; with the
+        card's temperature unless ``calibrated`` is False."""
         if self.device.type == "cuda":  # page-locked: the copy to the GPU runs asynchronously
             batch = batch.pin_memory()
         x = self.transform.normalize(batch.to(self.device, non_blocking=True))
         if self.int8 is not None:
             return {
-                name: torch.softmax(torch.log(p.clamp_min(1e-12)) / self.temperature(name), 1)
+                name: torch.softmax(torch.log(p.clamp_min(1e-12)) / t, 1) if t != 1.0 else p
                 for name, p in self.int8.predict_proba(x).items()
+                for t in [self.temperature(name) if calibrated else 1.0]
             }
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -165,7 +169,9 @@ class Classifier:
         with autocast:
             logits = self._forward(x)
         return {
-            name: torch.softmax(out.float() / self.temperature(name), dim=1).cpu()
+            name: torch.softmax(
+                out.float() / (self.temperature(name) if calibrated else 1.0), dim=1
+            ).cpu()
             for name, out in logits.items()
         }
 

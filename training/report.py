@@ -1,4 +1,5 @@
-"""The evaluation report of a registered model on labelled data, through the serving path.
+"""The evaluation report of a registered model on labelled data, through the serving path
+(decoding, preprocessing and the forward pass; the temperature applied in float64).
 
 Per head: top-1 (and top-5 with more than 5 classes), macro-F1, log-loss, per-class
 precision/recall/F1 and the confusion matrix (scikit-learn); for calibration the ECE
@@ -33,7 +34,8 @@ from training.evaluate import classification_metrics
 from training.loop import IGNORE
 from training.sources import LabelledData
 
-Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # head -> (targets, probabilities)
+# head -> (targets, served probabilities, probabilities without the temperature)
+Arrays = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def predict_data(
@@ -59,11 +61,12 @@ def predict_data(
                 f"{classifier.model.tag} ({', '.join(values)})."
             )
         index = {v: i for i, v in enumerate(values)}
-        raw = data.targets if head == MAIN_HEAD else data.head_targets(head)
+        stored = data.targets if head == MAIN_HEAD else data.head_targets(head)
         targets[head] = np.asarray(
-            [index[given[head][raw[i]]] if raw[i] != IGNORE else IGNORE for i in indices]
+            [index[given[head][stored[i]]] if stored[i] != IGNORE else IGNORE for i in indices]
         )
     probs: dict[str, list[np.ndarray]] = {head: [] for head in targets}
+    raw: dict[str, list[np.ndarray]] = {head: [] for head in targets}
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         batch = torch.stack(
@@ -72,12 +75,18 @@ def predict_data(
                 for i in chunk
             ]
         )
-        out = classifier.predict_proba(batch)
+        # One forward pass: the served (calibrated) scores are the raw ones at the card's
+        # temperature, computed in float64 so a sharpening T < 1 does not saturate.
+        uncalibrated = classifier.predict_proba(batch, calibrated=False)
         for head in probs:
-            probs[head].append(out[head].numpy())
+            raw[head].append(uncalibrated[head].numpy())
+            probs[head].append(temper(raw[head][-1], classifier.temperature(head)))
         if progress is not None:
             progress(len(chunk))
-    return {head: (targets[head], np.concatenate(probs[head])) for head in targets}
+    return {
+        head: (targets[head], np.concatenate(probs[head]), np.concatenate(raw[head]))
+        for head in targets
+    }
 
 
 class Ensemble:
@@ -116,8 +125,12 @@ def predict_ensemble(
         for m in ensemble.members
     ]
     return {
-        head: (targets, np.mean([run[head][1] for run in runs], axis=0))
-        for head, (targets, _) in runs[0].items()
+        head: (
+            targets,
+            np.mean([run[head][1] for run in runs], axis=0),
+            np.mean([run[head][2] for run in runs], axis=0),
+        )
+        for head, (targets, _, _) in runs[0].items()
     }
 
 
@@ -127,13 +140,12 @@ def build_report(
     name = scorer.name if isinstance(scorer, Ensemble) else scorer.model.tag
     report: dict[str, Any] = {"model": name, "heads": {}}
     vocab = {MAIN_HEAD: scorer.labels, **scorer.heads}
-    for head, (targets, probs) in arrays.items():
+    for head, (targets, probs, uncalibrated) in arrays.items():
         known = targets != IGNORE
-        t, p = targets[known], probs[known]
+        t, p, raw = targets[known], probs[known], uncalibrated[known]
         labels = vocab[head]
         predicted = p.argmax(axis=1)
         temperature = scorer.temperature(head)
-        raw = temper(p, 1.0 / temperature)  # the scores before the stored temperature
         section: dict[str, Any] = {
             "images": int(known.sum()),
             "metrics": classification_metrics(t, p),
