@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="name:version of the fp32 model")
     p.add_argument(
-        "--data", type=Path, required=True, help="the ImageFolder tree the model was trained on"
+        "--data", required=True, help="the data the model was trained on (folder or manifest)"
     )
     p.add_argument(
         "--max-calibration", type=int, default=256, help="held-out images to calibrate on"
@@ -232,6 +232,7 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
     from imageiq.onnx_int8 import RUNTIME, quantize_model
+    from training.sources import S3Options
 
     with console.status(f"quantizing {args.model}"):
         model = quantize_model(
@@ -241,6 +242,7 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
             max_accuracy_drop=args.max_accuracy_drop,
             name=args.name,
             max_pixels=settings.max_image_pixels,
+            s3=S3Options(endpoint_url=settings.s3_endpoint_url),
         )
     metrics, split = model.card.metrics, model.card.training_config["evaluation_split"]
     console.print(

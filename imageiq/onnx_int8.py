@@ -45,12 +45,8 @@ from imageiq.registry import (
     get_model,
     load_model,
 )
-from training.data import (
-    ImageDataset,
-    fingerprint,
-    scan_image_folder,
-    stratified_split,
-)
+from training.data import LabelledDataset, stratified_split
+from training.sources import S3Options, load_data
 
 RUNTIME = "onnx-int8"
 ONNX_FILE = "model.int8.onnx"
@@ -119,15 +115,17 @@ def onnx_path(model: RegisteredModel) -> Path | None:
 def quantize_model(
     *,
     tag: str,
-    data: Path,
+    data: str | Path,
     max_calibration: int = 256,
     max_accuracy_drop: float = 0.01,
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    s3: S3Options | None = None,
 ) -> RegisteredModel:
     """Register a static int8 variant of ``tag``, calibrated and judged on its held-out split.
 
-    ``data`` is the ImageFolder tree the model was trained on: the held-out split is rebuilt
+    ``data`` is the data the model was trained on (ImageFolder tree or manifest, read as
+    ``imageiq train`` reads it): the held-out split is rebuilt
     from it with the seed and fraction the card recorded, so the accuracy compared is the one
     the card reports, on images the model never trained on. ``max_accuracy_drop`` is absolute
     (0.01: one point of top-1).
@@ -136,7 +134,7 @@ def quantize_model(
         raise ConfigurationError(f"max_calibration must be at least 1, got {max_calibration}.")
     parent, net = load_model(tag)
     card = parent.card
-    split = _HeldOut.build(card, Path(data), max_pixels=max_pixels)
+    split = _HeldOut.build(card, data, max_pixels=max_pixels, s3=s3)
     rng = np.random.default_rng(split.seed)
     # The held-out indices are sorted by class: calibrate on a random subset, not the head.
     n_calib = min(max_calibration, len(split.dataset))
@@ -173,34 +171,36 @@ class _HeldOut:
     """The model's held-out images as uint8 tensors, with targets in the card's label order."""
 
     def __init__(
-        self, dataset: ImageDataset, transform: EvalTransform, info: dict[str, Any]
+        self,
+        dataset: LabelledDataset,
+        transform: EvalTransform,
+        info: dict[str, Any],
+        remap: torch.Tensor,
     ) -> None:
         self.dataset, self.transform, self.info = dataset, transform, info
         self.seed = int(info["seed"])
+        self._remap = remap  # the data's class index -> the card's label index
 
     @classmethod
-    def build(cls, card: ModelCard, data: Path, *, max_pixels: int) -> _HeldOut:
+    def build(
+        cls, card: ModelCard, data: str | Path, *, max_pixels: int, s3: S3Options | None = None
+    ) -> _HeldOut:
         config = card.training_config
         recorded = "seed" in config and "val_fraction" in config
         seed = int(config["seed"]) if recorded else DEFAULT_SEED
         fraction = float(config["val_fraction"]) if recorded else DEFAULT_VAL_FRACTION
-        index = scan_image_folder(data)
-        unknown = sorted(set(index.classes) - set(card.labels))
+        loaded = load_data(data, max_pixels=max_pixels, s3=s3)  # exactly what train.py reads
+        unknown = sorted(set(loaded.classes) - set(card.labels))
         if unknown:
             raise DatasetError(
                 f"Classes {unknown} of {data} are not labels of the model "
                 f"({', '.join(card.labels)}): pass the data it was trained on."
             )
         label_of = {label: i for i, label in enumerate(card.labels)}
-        # The split is over the folder's own targets, exactly as train.py made it.
-        _, val = stratified_split(index.targets, val_fraction=fraction, seed=seed)
+        # The split is over the data's own targets, exactly as train.py made it.
+        _, val = stratified_split(loaded.targets, val_fraction=fraction, seed=seed)
         transform = EvalTransform(card.preprocessing)
-        dataset = ImageDataset(
-            [index.paths[i] for i in val],
-            [label_of[index.classes[index.targets[i]]] for i in val],
-            transform.to_uint8,
-            max_pixels=max_pixels,
-        )
+        dataset = LabelledDataset(loaded, val, transform.to_uint8, max_pixels=max_pixels)
         info = {
             "seed": seed,
             "val_fraction": fraction,
@@ -208,20 +208,21 @@ class _HeldOut:
             "source": "training_config" if recorded else "default: the card records no split",
             # False also when the card has no fingerprint: then nobody can tell.
             "same_dataset": card.dataset_fingerprint is not None
-            and card.dataset_fingerprint == fingerprint(index),
+            and card.dataset_fingerprint == loaded.fingerprint,
         }
-        return cls(dataset, transform, info)
+        remap = torch.tensor([label_of[c] for c in loaded.classes])
+        return cls(dataset, transform, info, remap)
 
     def batches(
         self, indices: Sequence[int] | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalised float32 batch, targets): to_uint8 per image, then normalize per batch,
         the two halves the server runs."""
-        subset: Dataset[tuple[torch.Tensor, int]] = (
+        subset: Dataset[tuple[torch.Tensor, dict[str, int]]] = (
             self.dataset if indices is None else Subset(self.dataset, indices)
         )
         for images, targets in DataLoader(subset, batch_size=BATCH_SIZE):
-            yield self.transform.normalize(images), targets
+            yield self.transform.normalize(images), self._remap[targets[MAIN_HEAD]]
 
 
 class _Calibration(CalibrationDataReader):
