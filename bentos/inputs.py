@@ -121,6 +121,8 @@ async def _json(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise errors.MalformedRequest(f"The body is not valid JSON ({e}).") from None
+    except RecursionError:  # e.g. [[[[...]]]] nested deeper than the parser's stack
+        raise errors.MalformedRequest("The JSON body is nested too deeply.") from None
 
 
 def _validated(

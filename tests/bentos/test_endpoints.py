@@ -253,3 +253,45 @@ def test_openapi_documents_every_endpoint(server: Server) -> None:
     batch = paths["/v1/classify/batch"]["post"]["requestBody"]["content"]
     assert batch["multipart/form-data"]["schema"]["properties"]["images"]["type"] == "array"
     assert "/internal/infer" not in paths
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 400, "malformed_request"),
+        (b'{"image_b64": "aGVsbG8=",', 400, "malformed_request"),
+        (b"\xff\xfe not utf-8", 400, "malformed_request"),
+        (b"", 400, "malformed_request"),
+        (b'"just a string"', 400, "invalid_request"),
+        (b'{"image_b64": 123}', 422, "missing_image"),
+        (b'{"image_b64": null}', 422, "missing_image"),
+        (rb'{"image_b64": "\u00e9\u00e9\u00e9\u00e9"}', 422, "invalid_base64"),
+        (b'{"image_b64": "aGVsbG8=", "top_k": 1e309}', 422, "invalid_parameter"),
+        (b'{"image_b64": "aGVsbG8=", "top_k": [1]}', 422, "invalid_parameter"),
+        (b'{"image_b64": "aGVsbG8=", "model": {"$ne": 1}}', 422, "invalid_parameter"),
+    ],
+)
+def test_hostile_json_bodies_get_4xx(server: Server, body: bytes, status: int, code: str) -> None:
+    resp = httpx.post(
+        f"{server.url}/v1/classify", content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(resp, status, code)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"images_b64": "not a list"}', 422, "missing_image"),
+        (b'{"images_b64": [1, 2]}', 422, "missing_image"),
+        (b'{"images_b64": [' + b'"aGVsbG8=",' * 8 + b'"aGVsbG8="]}', 413, "too_many_images"),
+    ],
+)
+def test_hostile_json_batch_bodies_get_4xx(
+    server: Server, body: bytes, status: int, code: str
+) -> None:
+    resp = httpx.post(
+        f"{server.url}/v1/classify/batch",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    assert_error(resp, status, code)
