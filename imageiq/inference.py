@@ -153,10 +153,14 @@ class Classifier:
             batch = batch.pin_memory()
         x = self.transform.normalize(batch.to(self.device, non_blocking=True))
         if self.int8 is not None:
+            probs = self.int8.predict_proba(x)
+            if not calibrated:
+                return probs
+            # ONNX Runtime gives probabilities: the temperature goes on their logarithms,
+            # which differ from the logits only by a constant the softmax ignores.
             return {
-                name: torch.softmax(torch.log(p.clamp_min(1e-12)) / t, 1) if t != 1.0 else p
-                for name, p in self.int8.predict_proba(x).items()
-                for t in [self.temperature(name) if calibrated else 1.0]
+                name: torch.softmax(torch.log(p.clamp_min(1e-12)) / self.temperature(name), 1)
+                for name, p in probs.items()
             }
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
