@@ -7,6 +7,7 @@ PORT ?= 3000
 HOST ?= 0.0.0.0
 BIN := $(VENV)/bin
 DEMO_DATA ?= .data/digits
+DEMO_KEY ?= .data/demo.key
 
 # The BentoML model store lives in the work tree unless you point it elsewhere.
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
@@ -26,7 +27,12 @@ $(VENV)/.install-stamp: pyproject.toml
 demo-model: install
 	$(BIN)/imageiq demo-model --data $(DEMO_DATA)
 
+# The embedded defaults: SQLite and stored images under .imageiq/, an in-process cache. The
+# demo's admin key is kept in $(DEMO_KEY) (send it as `Authorization: Bearer $$(cat $(DEMO_KEY))`).
 serve: demo-model
+	$(BIN)/imageiq db upgrade
+	$(BIN)/imageiq keys create --name demo --scopes admin --save $(DEMO_KEY) --if-missing > /dev/null
+	@echo "API key for this demo: $$(cat $(DEMO_KEY))  (also in $(DEMO_KEY))"
 	$(BIN)/bentoml serve bentos.service:ImageClassifier --host $(HOST) --port $(PORT)
 
 lint: install

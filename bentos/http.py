@@ -8,6 +8,7 @@ or a bug (500, logged with its traceback; the client sees only the request id).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -58,8 +59,8 @@ def error_response(error: errors.ImageIQError) -> JSONResponse:
     if error.details:
         body["details"] = error.details
     headers = {ERROR_CODE_HEADER: error.code, REQUEST_ID_HEADER: request_id_var.get()}
-    if error.status in (429, 503):
-        headers["Retry-After"] = "1"
+    if error.retry_after is not None or error.status in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
     return JSONResponse({"error": body}, status_code=error.status, headers=headers)
 
 

@@ -148,7 +148,9 @@ def _validated(
 
 
 def _params(body: ClassifyParams) -> ClassifyParams:
-    return ClassifyParams(top_k=body.top_k, min_confidence=body.min_confidence, model=body.model)
+    return ClassifyParams(
+        top_k=body.top_k, min_confidence=body.min_confidence, model=body.model, store=body.store
+    )
 
 
 def _check_count(n: int, limits: Limits) -> None:

@@ -28,6 +28,11 @@ class ClassifyParams(BaseModel):
         description="A served model: name, name:version or name:latest (default: the active one).",
         examples=["imageiq-classifier"],
     )
+    store: bool = Field(
+        False,
+        description="Keep the image (object store and metadata database): it gets an id "
+        "for feedback (POST /v1/images/{id}/labels) and shows in GET /v1/images.",
+    )
 
 
 class ClassifyJSON(ClassifyParams):
@@ -62,6 +67,14 @@ class ImageOut(BaseModel):
     height: int
     format: str = Field(description="As decoded: JPEG, PNG, WEBP, GIF, BMP, TIFF.")
     bytes: int
+    id: str | None = Field(
+        None, description="When stored: the image's id (its sha256) for /v1/images/{id}."
+    )
+    stored: bool | None = Field(
+        None,
+        description="When store was asked: true once it is in the store and database, false "
+        "while it waits for one of them to come back (it will be stored; nothing is lost).",
+    )
 
 
 class TimingOut(BaseModel):
@@ -80,7 +93,12 @@ class PredictionOut(BaseModel):
         description="One entry per extra head of the model: its best value and score."
     )
     image: ImageOut
-    batch_size: int = Field(description="Images in the inference batch this one ran in.")
+    batch_size: int = Field(
+        description="Images in the inference batch this one ran in (0 when served from cache)."
+    )
+    cached: bool = Field(
+        False, description="Served from the prediction cache (same image, model, top_k)."
+    )
     timing_ms: TimingOut
 
 
@@ -138,6 +156,7 @@ class BatchItemOut(BaseModel):
     attributes: dict[str, ScoredLabelOut] | None = None
     image: ImageOut | None = None
     batch_size: int | None = None
+    cached: bool | None = None
     timing_ms: TimingOut | None = None
     error: ItemError | None = None
 
@@ -220,4 +239,9 @@ class ModelsResponse(BaseModel):
     )
     last_reload: dict[str, Any] | None = Field(
         None, description="Outcome of the last settings-driven reload."
+    )
+    dependencies: dict[str, Any] = Field(
+        default_factory=dict,
+        description="State of the database, Redis and the object store, and how many "
+        "prediction records wait to be written.",
     )

@@ -13,20 +13,21 @@ Run: ``bentoml serve bentos.service:ImageClassifier`` (``make serve`` does it fo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import bentoml
-import torch
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 
 import imageiq
+from bentos.auth import require
+from bentos.catalog import router as catalog_router
+from bentos.classify import Outcome, Pipeline, count_rejected
 from bentos.http import EnvelopeOutsideApi, RequestGuard, install_error_handlers, note
-from bentos.inputs import Limits, Upload, read_batch, read_classify
+from bentos.inputs import Limits, read_batch, read_classify
+from bentos.readiness import ReadinessDetail, readiness
 from bentos.schemas import (
     BatchItemOut,
     BatchJSON,
@@ -36,20 +37,19 @@ from bentos.schemas import (
     ClassifyParams,
     ClassifyResponse,
     ErrorResponse,
-    ImageOut,
     ItemError,
     ModelOut,
     ModelRefOut,
     ModelsResponse,
-    PredictionOut,
-    ScoredLabelOut,
-    TimingOut,
 )
-from imageiq import errors
-from imageiq.images import DecodedImage
+from imageiq import catalog, errors
+from imageiq.activation import ActivationSync
+from imageiq.backends import Backends
+from imageiq.keys import Principal
 from imageiq.logs import configure_logging
 from imageiq.metrics import metrics
 from imageiq.pool import ConfigWatcher, ModelPool, ServedModel
+from imageiq.recorder import TRANSIENT
 from imageiq.registry import get_model
 from imageiq.runner import InferenceThread
 from imageiq.settings import MODEL_TAG, Settings
@@ -77,10 +77,13 @@ def _body_limit(path: str) -> int:
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "Malformed request (bad multipart or JSON) or empty image.",
+        401: "Missing, unknown or revoked API key.",
+        403: "The API key lacks the scope this endpoint needs.",
         404: "The model asked for is not served.",
         413: "Image over the byte or pixel limit, or too many images.",
         415: "Not multipart/form-data or JSON, or not an image in a supported format.",
         422: "Missing image, invalid parameter or base64, or corrupt image data.",
+        429: "The API key's rate limit is exceeded (see Retry-After).",
         503: "Model not ready yet, or the server is overloaded (see Retry-After).",
     }
     return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
@@ -125,6 +128,7 @@ api.add_middleware(
     max_in_flight=SETTINGS.max_in_flight,
     timeout_s=SETTINGS.request_timeout_s,
 )
+api.include_router(catalog_router)
 
 
 def _declared_models() -> list[bentoml.models.BentoModel]:
@@ -137,12 +141,6 @@ def _declared_models() -> list[bentoml.models.BentoModel]:
         except errors.ImageIQError as e:
             log.error("model %s is not in the model store: %s", tag, e.message)
     return declared
-
-
-@dataclass
-class _Outcome:
-    prediction: PredictionOut | None = None
-    error: errors.ImageIQError | None = None
 
 
 @bentoml.service(
@@ -161,17 +159,44 @@ class ImageClassifier:
         self.thread = InferenceThread(threads=SETTINGS.torch_threads or SETTINGS.cpu_count)
         # The models load and warm up in the background; /readyz tells when.
         self.pool = ModelPool(SETTINGS, thread=self.thread)
-        self._decode_slots = anyio.CapacityLimiter(
-            SETTINGS.decode_concurrency or SETTINGS.cpu_count
-        )
         self._watcher = ConfigWatcher(self.pool, load=Settings)
         self._tasks: set[asyncio.Task[None]] = set()
+        try:
+            self.backends = Backends.open(SETTINGS)
+        except errors.ImageIQError as e:
+            log.critical("cannot start: %s", e.message)
+            raise SystemExit(f"imageiq cannot start: {e.message}") from e
+        self.pipeline = Pipeline(SETTINGS, self.backends)
+        self._activations = ActivationSync(
+            self.pool, self.backends.engine, database=self.backends.database
+        )
+        api.state.backends, api.state.pool = self.backends, self.pool
+        readiness.bind(self.pool, self.backends, self.__is_ready__)
+        if not SETTINGS.auth_enabled:
+            for _ in range(3):
+                log.warning(
+                    "AUTHENTICATION IS OFF (IMAGEIQ_AUTH_ENABLED=false): anyone who can reach "
+                    "this port may classify, read, label and delete. For a local demo only."
+                )
         log.info("serving %s (loading in the background)", list(SETTINGS.models))
 
     @bentoml.on_startup
     async def start_watching(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._watcher.run())
-        self._tasks.add(task)
+        self.backends.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.add(loop.create_task(self._watcher.run()))
+        self._tasks.add(loop.create_task(self._activations.run(SETTINGS.reload_interval_s)))
+        self._tasks.add(loop.create_task(self._record_models()))
+
+    async def _record_models(self) -> None:
+        served = [
+            (m.model.name, m.model.version, dict(m.model.card.metrics))
+            for m in self.pool.models.values()
+        ]
+        try:
+            await anyio.to_thread.run_sync(catalog.record_models, self.backends.engine, served)
+        except TRANSIENT as e:
+            self.backends.database.failed(e)
 
     def __is_ready__(self) -> bool:
         for served in self.pool.models.values():
@@ -192,6 +217,8 @@ class ImageClassifier:
         for served in self.pool.models.values():
             served.batcher.close()
         self.thread.close()
+        # Last: the records of the requests that just finished are flushed (or spooled).
+        await anyio.to_thread.run_sync(self.backends.close)
 
     # --- endpoints ------------------------------------------------------------------------
     @api.post(
@@ -201,7 +228,9 @@ class ImageClassifier:
         summary="Classify one image",
         openapi_extra=_request_body(ClassifyJSON, "image"),
     )
-    async def classify(self, request: Request) -> ClassifyResponse:
+    async def classify(
+        self, request: Request, principal: Principal = Depends(require("classify"))
+    ) -> ClassifyResponse:
         """Top-k labels with softmax scores (best first), the model's attributes, facts
         about the image and where the time went. Multipart field ``image``, or JSON
         ``image_b64``; options ``top_k``, ``min_confidence``, ``model``."""
@@ -209,12 +238,15 @@ class ImageClassifier:
         try:
             params, upload = await read_classify(request, LIMITS)
         except errors.ImageIQError as e:
-            self._count_rejected("/v1/classify", e)
+            count_rejected("/v1/classify", e)
             raise
+        self.pipeline.check_store(params)
         served = self.pool.resolve(params.model)
         note(request.scope, model=served.tag)
         with served.use():
-            outcome = await self._classify_one(served, upload, params, started, request)
+            outcome = await self.pipeline.classify_one(
+                served, upload, params, started, request, principal
+            )
         if outcome.error is not None:
             raise outcome.error
         assert outcome.prediction is not None
@@ -228,18 +260,23 @@ class ImageClassifier:
         summary="Classify several images in one request",
         openapi_extra=_request_body(BatchJSON, "images"),
     )
-    async def classify_batch(self, request: Request) -> BatchResponse:
+    async def classify_batch(
+        self, request: Request, principal: Principal = Depends(require("classify"))
+    ) -> BatchResponse:
         """One result per image, in order. A bad image gets an ``error`` in its result
         (with the status and code /v1/classify would answer) and does not fail the others.
         Repeated multipart fields ``images``, or JSON ``images_b64``."""
         started = time.perf_counter()
         params, uploads = await read_batch(request, LIMITS)
+        self.pipeline.check_store(params)
         served = self.pool.resolve(params.model)
         note(request.scope, model=served.tag, images=len(uploads))
-        outcomes: list[_Outcome] = [_Outcome() for _ in uploads]
+        outcomes: list[Outcome] = [Outcome() for _ in uploads]
 
         async def run(i: int) -> None:
-            outcomes[i] = await self._classify_one(served, uploads[i], params, started, request)
+            outcomes[i] = await self.pipeline.classify_one(
+                served, uploads[i], params, started, request, principal
+            )
 
         with served.use():
             async with anyio.create_task_group() as group:
@@ -272,6 +309,7 @@ class ImageClassifier:
     async def categories(
         self,
         request: Request,
+        principal: Principal = Depends(require("classify")),
         model: str | None = Query(
             None, pattern=MODEL_TAG, description="A served model (default: the active one)."
         ),
@@ -283,7 +321,9 @@ class ImageClassifier:
         return CategoriesResponse(model=_ref(served), labels=card.labels, attributes=card.heads)
 
     @api.get("/models", response_model=ModelsResponse, summary="The served models")
-    async def list_models(self) -> ModelsResponse:
+    async def list_models(
+        self, principal: Principal = Depends(require("classify"))
+    ) -> ModelsResponse:
         """Every served model version: architecture, labels, training metrics, whether it is
         the active one, and its load state (loading, ready, failed)."""
         pool = self.pool
@@ -316,105 +356,16 @@ class ImageClassifier:
             models=models,
             unavailable=pool.errors,
             last_reload=pool.last_reload,
+            dependencies=self.backends.describe(),
         )
-
-    # --- the work ---------------------------------------------------------------------------
-    async def _classify_one(
-        self,
-        served: ServedModel,
-        upload: Upload,
-        params: ClassifyParams,
-        started: float,
-        request: Request,
-    ) -> _Outcome:
-        """One image through decode, preprocess, the batch queue and postprocess. Errors
-        about the image come back in the outcome; anything else raises."""
-        endpoint = request.url.path
-        if upload.error is not None:
-            self._count_rejected(endpoint, upload.error)
-            return _Outcome(error=upload.error)
-        try:
-            decoded, tensor, decode_s, preprocess_s = await anyio.to_thread.run_sync(
-                self._prepare, served, upload.data, limiter=self._decode_slots
-            )
-        except errors.ImageIQError as e:
-            if e.status >= 500:
-                raise
-            self._count_rejected(endpoint, e)
-            return _Outcome(error=e)
-        m = metrics()
-        labels = (served.model.name, served.model.version)
-        m.decode_seconds.labels(endpoint).observe(decode_s)
-        m.preprocess_seconds.labels(*labels).observe(preprocess_s)
-        queued = time.perf_counter()
-        try:
-            out = await served.batcher(tensor)
-        except errors.Overloaded as e:
-            return _Outcome(error=e)
-        done = time.perf_counter()
-        batches = request.scope.setdefault("imageiq.batch_sizes", [])
-        batches.append(out.batch_size)
-        note(request.scope, batch_sizes=batches)
-        classifier = served.runner.classifier
-        prediction = classifier.postprocess(out.probabilities, top_k=params.top_k)[0]
-        m.confidence.labels(*labels).observe(prediction.labels[0].score)
-        shaped = PredictionOut(
-            predictions=[
-                ScoredLabelOut(label=s.label, score=s.score)
-                for s in prediction.labels
-                if s.score >= params.min_confidence
-            ],
-            attributes={
-                head: ScoredLabelOut(label=s.label, score=s.score)
-                for head, s in prediction.attributes.items()
-            },
-            image=ImageOut(
-                sha256=hashlib.sha256(upload.data).hexdigest(),
-                width=decoded.width,
-                height=decoded.height,
-                format=decoded.format,
-                bytes=len(upload.data),
-            ),
-            batch_size=out.batch_size,
-            timing_ms=TimingOut(
-                decode=_ms(decode_s),
-                preprocess=_ms(preprocess_s),
-                queue=_ms(max(0.0, done - queued - out.inference_s)),
-                inference=_ms(out.inference_s),
-                total=0.0,
-            ),
-        )
-        m.postprocess_seconds.labels(*labels).observe(time.perf_counter() - done)
-        shaped.timing_ms.total = _ms(time.perf_counter() - started)
-        return _Outcome(prediction=shaped)
-
-    def _prepare(
-        self, served: ServedModel, data: bytes
-    ) -> tuple[DecodedImage, torch.Tensor, float, float]:
-        classifier = served.runner.classifier
-        started = time.perf_counter()
-        decoded = classifier.decode(
-            data, max_pixels=self.settings.max_image_pixels, draft=self.settings.jpeg_draft
-        )
-        done = time.perf_counter()
-        tensor = classifier.prepare(decoded.image)
-        return decoded, tensor, done - started, time.perf_counter() - done
-
-    @staticmethod
-    def _count_rejected(endpoint: str, error: errors.ImageIQError) -> None:
-        if error.status < 500:
-            metrics().images_rejected.labels(endpoint, error.code).inc()
 
 
 def _ref(served: ServedModel) -> ModelRefOut:
     return ModelRefOut(name=served.model.name, version=served.model.version)
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
-
-
 # bentoml.service turns the class into a Service (mypy still sees the class).
 ImageClassifier.models.extend(_declared_models())  # type: ignore[attr-defined]
 ImageClassifier.add_asgi_middleware(EnvelopeOutsideApi)  # type: ignore[attr-defined]
+ImageClassifier.add_asgi_middleware(ReadinessDetail)  # type: ignore[attr-defined]
 install_error_handlers(api)  # after the class views, so its catch-all route comes last

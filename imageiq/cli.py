@@ -17,6 +17,7 @@ from rich.table import Column, Table
 
 from imageiq.console import console, err_console
 from imageiq.errors import ImageIQError
+from imageiq.ops_cli import add_commands as add_ops_commands
 from imageiq.settings import Settings
 from training.commands import cmd_evaluate, cmd_export, cmd_models_compare, cmd_predict
 
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--min-agreement", type=float, default=0.995)
     p.set_defaults(func=cmd_parity)
+
+    add_ops_commands(sub)
     return parser
 
 
@@ -268,6 +271,7 @@ def cmd_parity(args: argparse.Namespace, settings: Settings) -> int:
         limit=args.limit,
         concurrency=args.concurrency,
         max_pixels=settings.max_image_pixels,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
     )
     console.print(
         f"{report.model}: served and offline top-1 agree on {report.agreed}/{report.images} "

@@ -13,10 +13,18 @@ class ImageIQError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        # Seconds the client should wait before trying again (429 and 503: Retry-After).
+        self.retry_after = retry_after
 
 
 # --- request errors (4xx) -------------------------------------------------------------------
@@ -32,8 +40,30 @@ class EmptyImage(ImageIQError):
     status, code = 400, "empty_image"
 
 
+class Unauthorized(ImageIQError):
+    """No usable API key. The message never says whether a key exists."""
+
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ImageIQError):
+    status, code = 403, "insufficient_scope"
+
+
 class NotFound(ImageIQError):
     status, code = 404, "not_found"
+
+
+class ImageNotFound(ImageIQError):
+    status, code = 404, "image_not_found"
+
+
+class KeyNotFound(ImageIQError):
+    status, code = 404, "key_not_found"
+
+
+class Conflict(ImageIQError):
+    status, code = 409, "conflict"
 
 
 class MethodNotAllowed(ImageIQError):
@@ -78,6 +108,10 @@ class TooManyImages(ImageIQError):
     status, code = 413, "too_many_images"
 
 
+class RateLimited(ImageIQError):
+    status, code = 429, "rate_limited"
+
+
 # --- availability (5xx) ---------------------------------------------------------------------
 class ModelNotReady(ImageIQError):
     status, code = 503, "model_not_ready"
@@ -85,6 +119,18 @@ class ModelNotReady(ImageIQError):
 
 class Overloaded(ImageIQError):
     status, code = 503, "overloaded"
+
+
+class DatabaseUnavailable(ImageIQError):
+    status, code = 503, "database_unavailable"
+
+
+class CacheUnavailable(ImageIQError):
+    status, code = 503, "cache_unavailable"
+
+
+class StorageUnavailable(ImageIQError):
+    status, code = 503, "storage_unavailable"
 
 
 class Timeout(ImageIQError):
@@ -106,6 +152,10 @@ class WeightsUnavailable(ConfigurationError):
 
 class WeightsFileMismatch(ConfigurationError):
     code = "weights_file_mismatch"
+
+
+class DatabaseNotMigrated(ConfigurationError):
+    code = "database_not_migrated"
 
 
 class DatasetError(ConfigurationError):

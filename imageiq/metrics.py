@@ -32,6 +32,12 @@ class Metrics:
     confidence: Any
     images_rejected: Any
     reloads: Any
+    dependency_up: Any
+    cache: Any
+    rate_limited: Any
+    records_pending: Any
+    records_written: Any
+    auth_failures: Any
 
 
 _lock = threading.Lock()
@@ -110,5 +116,35 @@ def _create() -> Metrics:
             "imageiq_model_reloads",
             "Settings-driven model reloads, by outcome (ok, failed).",
             ["status"],
+        ),
+        dependency_up=pc.Gauge(
+            "imageiq_dependency_up",
+            "1 while an external dependency (database, redis, storage) answers, else 0.",
+            ["dependency", "backend"],
+            multiprocess_mode="min",
+        ),
+        cache=pc.Counter(
+            "imageiq_cache_requests",
+            "Prediction-cache look-ups by result (hit, miss, error: the cache was down).",
+            ["result"],
+        ),
+        rate_limited=pc.Counter(
+            "imageiq_rate_limited",
+            "Requests refused with 429 by the per-key rate limit.",
+        ),
+        records_pending=pc.Gauge(
+            "imageiq_records_pending",
+            "Prediction-log records accepted but not yet in the database (queue and spool).",
+            multiprocess_mode="sum",
+        ),
+        records_written=pc.Counter(
+            "imageiq_records_written",
+            "Prediction-log records written to the database, by kind (image, prediction).",
+            ["kind"],
+        ),
+        auth_failures=pc.Counter(
+            "imageiq_auth_failures",
+            "Requests refused by authentication (401) or authorisation (403), by code.",
+            ["code"],
         ),
     )

@@ -142,6 +142,27 @@ class ModelPool:
         finally:
             self.reloading = False
 
+    async def activate(self, tag: str) -> bool:
+        """Serve ``tag`` (name:version) in place of the version of its name served now, or
+        beside the others when that name is not served; it becomes the default model when
+        its name is the active one. True once swapped in (after loading and warm-up)."""
+        name = tag.split(":", 1)[0]
+        current = self.settings
+        models: list[str] = []
+        for configured in current.models:
+            if configured.split(":", 1)[0] != name:
+                models.append(configured)
+            elif tag not in models:
+                models.append(tag)
+        if tag not in models:
+            models.append(tag)
+        active = current.active_model
+        if self.active is not None and self.active.model.name == name:
+            active = tag
+        return await self.reload(
+            current.model_copy(update={"models": models, "active_model": active})
+        )
+
     async def _reload(self, settings: Settings) -> bool:
         started = time.monotonic()
         current = self._set

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -34,6 +34,8 @@ DEFAULT_MODEL = "imageiq-classifier:latest"
 
 # Keys that take effect on a config-file reload; the others need a restart.
 RELOADABLE = frozenset({"models", "active_model"})
+# Secret values that are somebody's example, not a secret.
+PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "password", "pepper", "xxx", ""})
 # Variables of earlier releases: refused with the way forward, not silently ignored.
 RETIRED = {
     "IMAGEIQ_MODEL_NAME": "IMAGEIQ_MODELS (a list of name:version tags)",
@@ -103,9 +105,61 @@ class Settings(BaseSettings):
     # Images in the one warm-up batch that runs before /readyz turns ready.
     warmup_batch_size: int = Field(1, ge=1, le=1024)
 
-    # S3-compatible object store for training data referenced as s3://bucket/key (AWS when
-    # unset; MinIO, moto, ... otherwise). Credentials come from boto3's usual chain.
+    # Where the embedded defaults keep their state: the SQLite database, stored images and
+    # the spool of records waiting for a dependency to come back. A volume in a cluster.
+    data_dir: Path = Path(".imageiq")
+
+    # Metadata (images, predictions, labels, models, API keys, audit log): a SQLAlchemy URL,
+    # e.g. postgresql://user:pass@host:5432/imageiq. Unset: SQLite at data_dir/imageiq.db.
+    # Either way the schema comes from `imageiq db upgrade`; the service refuses to start
+    # on a database that is not at the current migration.
+    database_url: SecretStr | None = None
+    # Seconds to wait for the database to connect before calling it down.
+    database_timeout_s: float = Field(3.0, gt=0.0, le=60.0)
+
+    # Prediction cache and rate-limit counters: a Redis URL (redis://host:6379/0). Unset: an
+    # in-process cache and limiter (per replica). When Redis is down the service keeps
+    # classifying, uncached and limited in-process, and says so in metrics and /readyz.
+    redis_url: SecretStr | None = None
+    # Cached predictions live this long (seconds; 0 turns the cache off); the in-process
+    # cache keeps at most cache_max_entries of them.
+    cache_ttl_s: int = Field(24 * 3600, ge=0, le=30 * 24 * 3600)
+    cache_max_entries: int = Field(10_000, ge=1, le=10_000_000)
+
+    # Stored images: an S3 bucket (any S3-compatible store; s3_endpoint_url for MinIO, moto,
+    # ...; credentials from boto3's usual chain), under content-addressed keys
+    # <s3_prefix><sha256>. Unset: files under data_dir/images.
+    s3_bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    s3_prefix: str = Field("images/", pattern=r"^([A-Za-z0-9!_.*'()/-]{0,200})$")
+    # S3-compatible endpoint, for stored images and for training data referenced as
+    # s3://bucket/key (AWS when unset).
     s3_endpoint_url: str | None = None
+    # When uploaded images are kept: when the request says store=true, on every request, or
+    # never (store=true is then refused with 422).
+    store_images: Literal["request", "always", "never"] = "request"
+
+    # API keys: every /v1 endpoint needs `Authorization: Bearer <key>`. Off is for a local
+    # demo only and is logged loudly at start-up.
+    auth_enabled: bool = True
+    # A secret mixed into every key hash (HMAC), so a copy of the database alone cannot be
+    # used to test guessed keys. Changing it invalidates every key.
+    api_key_pepper: SecretStr | None = None
+    # How long a replica trusts a key it checked before asking the database again: a key
+    # revoked elsewhere stops working within this many seconds (at once on this replica).
+    auth_cache_ttl_s: float = Field(10.0, ge=0.0, le=3600.0)
+    # The key the CLI's client commands (`imageiq parity`) and the load tests send.
+    api_key: SecretStr | None = None
+    # Requests per minute per API key (a key's own limit overrides it; 0 turns limits off),
+    # and how many may come at once above that pace.
+    rate_limit_per_minute: int = Field(600, ge=0, le=10_000_000)
+    rate_limit_burst: int = Field(60, ge=1, le=1_000_000)
+
+    # Prediction log: records wait in a bounded queue and are written in batches by one
+    # background thread, off the request path. When the database is down they are kept (in
+    # memory, then spooled to data_dir/spool) and replayed when it is back.
+    record_queue_size: int = Field(10_000, ge=10, le=10_000_000)
+    record_batch_size: int = Field(500, ge=1, le=100_000)
+    record_flush_interval_s: float = Field(0.2, gt=0.0, le=60.0)
 
     # Service logs: one JSON object per line (for log shippers), or plain text.
     log_format: Literal["json", "text"] = "json"
@@ -154,6 +208,26 @@ class Settings(BaseSettings):
                 f"active_model {self.active_model!r} is not one of the served models {self.models}"
             )
         return self
+
+    @field_validator("api_key_pepper")
+    @classmethod
+    def _check_pepper(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret = value.get_secret_value()
+            if secret.lower() in PLACEHOLDERS or len(secret) < 16:
+                raise ValueError("api_key_pepper must be a random secret of 16+ characters")
+        return value
+
+    @property
+    def database(self) -> str:
+        """The database URL, the embedded SQLite file when none is set."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'imageiq.db').resolve()}"
+
+    @property
+    def pepper(self) -> bytes:
+        return self.api_key_pepper.get_secret_value().encode() if self.api_key_pepper else b""
 
     @property
     def model_tag(self) -> str:

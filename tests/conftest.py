@@ -17,9 +17,11 @@ from argparse import Namespace
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_HOME = ROOT / ".bentoml-test"
+# IMAGEIQ_TEST_BENTOML_HOME: another store, for a second pytest session running at the same time.
+TEST_HOME = Path(os.environ.get("IMAGEIQ_TEST_BENTOML_HOME", ROOT / ".bentoml-test"))
 shutil.rmtree(TEST_HOME, ignore_errors=True)
 os.environ["BENTOML_HOME"] = str(TEST_HOME)
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
@@ -166,10 +168,38 @@ def _free_port() -> int:
 
 
 class Server:
+    """A running service, and an admin API key for it (``key``; ``get``/``post``/``delete``
+    send it unless given ``auth=False`` or an Authorization header of their own)."""
+
     def __init__(
-        self, url: str, model: RegisteredModel, log: Path, proc: subprocess.Popen[bytes]
+        self,
+        url: str,
+        model: RegisteredModel,
+        log: Path,
+        proc: subprocess.Popen[bytes],
+        key: str,
+        env: dict[str, str],
     ) -> None:
-        self.url, self.model, self.log, self.proc = url, model, log, proc
+        self.url, self.model, self.log, self.proc, self.key = url, model, log, proc, key
+        self.env = env  # the IMAGEIQ_ settings it runs with
+
+    def request(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> Any:
+        import httpx
+
+        headers = dict(kwargs.pop("headers", None) or {})
+        if auth and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = f"Bearer {self.key}"
+        kwargs.setdefault("timeout", 60)
+        return httpx.request(method, f"{self.url}{path}", headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
 
     def worker_pids(self) -> list[int]:
         """The server's processes (its whole session), for RSS measurements."""
@@ -196,6 +226,27 @@ class Server:
         return total
 
 
+def prepare_database(env: dict[str, str]) -> str:
+    """Migrate the database the server will use; returns a new admin key for it."""
+    from imageiq.backends import open_database
+    from imageiq.db.engine import upgrade
+    from imageiq.keys import create_key
+    from imageiq.settings import Settings
+
+    settings = Settings(
+        data_dir=Path(env["IMAGEIQ_DATA_DIR"]),
+        database_url=env.get("IMAGEIQ_DATABASE_URL"),
+        api_key_pepper=env.get("IMAGEIQ_API_KEY_PEPPER"),
+    )
+    engine = open_database(settings)
+    try:
+        upgrade(engine)
+        key, _ = create_key(engine, name="tests", scopes=["admin"], pepper=settings.pepper)
+    finally:
+        engine.dispose()
+    return key
+
+
 @contextmanager
 def running_server(
     model: RegisteredModel,
@@ -204,6 +255,7 @@ def running_server(
     *,
     wait_ready: bool = True,
     own_home: bool = True,
+    migrate: bool = True,
 ) -> Iterator[Server]:
     """``bentoml serve`` in its own session on a free port; stopped (the whole group we
     started) on exit.
@@ -219,6 +271,13 @@ def running_server(
         if not (home / "models").exists():
             (home / "models").symlink_to(TEST_HOME / "models", target_is_directory=True)
         env = {"BENTOML_HOME": str(home), **env}
+    # Unlimited unless a test sets a limit: the suites send hundreds of requests.
+    env = {
+        "IMAGEIQ_DATA_DIR": str(log.parent / "data"),
+        "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
+        **env,
+    }
+    key = prepare_database(env) if migrate else ""
     port = _free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -254,7 +313,7 @@ def running_server(
             if time.monotonic() > deadline:
                 pytest.fail(f"server not up in 180 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-        yield Server(url, model, log, proc)
+        yield Server(url, model, log, proc, key, env)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import re
 
-import httpx
 import pytest
 
 from tests.bentos.test_service import assert_error, classify
@@ -38,20 +37,20 @@ def test_corpus_classifies_and_hostile_inputs_get_4xx_with_bounded_memory(
         for name, (data, status, code) in hostile.items():
             assert_error(classify(server, {"image": (name, data)}), status, code)
             b64 = {"image_b64": base64.b64encode(data).decode()}
-            assert_error(httpx.post(f"{server.url}/v1/classify", json=b64), status, code)
+            assert_error(server.post("/v1/classify", json=b64), status, code)
         # over the byte limit, as a file and as base64
         big = b"\xff\xd8\xff" + b"\0" * (300 * 1024)
         assert_error(classify(server, {"image": ("big.jpg", big)}), 413, "payload_too_large")
         b64 = {"image_b64": base64.b64encode(big).decode()}
-        assert_error(httpx.post(f"{server.url}/v1/classify", json=b64), 413, "payload_too_large")
+        assert_error(server.post("/v1/classify", json=b64), 413, "payload_too_large")
 
     after = server.rss_bytes()
     growth = after - before
     print(f"service RSS: {before / MiB:.0f} MiB before, {after / MiB:.0f} MiB after")
     assert growth < 100 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"
-    assert httpx.get(f"{server.url}/livez").status_code == 200
-    assert httpx.get(f"{server.url}/readyz").status_code == 200
-    text = httpx.get(f"{server.url}/metrics").text
+    assert server.get("/livez").status_code == 200
+    assert server.get("/readyz").status_code == 200
+    text = server.get("/metrics").text
     assert not re.search(r'^imageiq_requests_total\{[^}]*status="5', text, re.M)
     # the log has a line per request, but never the image bytes
     log = server.log.read_text(errors="replace")
@@ -69,7 +68,7 @@ def test_the_corpus_in_one_batch_request_per_chunk(server: Server) -> None:
         chunk = images[start : start + 7]
         bad_name, (bad, status, code) = hostile[(start // 7) % len(hostile)]
         files = [("images", (n, d)) for n, d in chunk] + [("images", (bad_name, bad))]
-        resp = httpx.post(f"{server.url}/v1/classify/batch", files=files, timeout=60)
+        resp = server.post("/v1/classify/batch", files=files, timeout=60)
         assert resp.status_code == 200, resp.text
         results = resp.json()["results"]
         assert all("error" not in r for r in results[:-1]), results

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def post_json(server: Server, path: str, body: object) -> httpx.Response:
-    return httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    return server.post(f"{path}", json=body, timeout=60)
 
 
 def test_json_body_matches_multipart(server: Server, digits_dir: Path) -> None:
@@ -75,7 +75,7 @@ def test_min_confidence_filters_labels(server: Server) -> None:
 
 def test_options_in_the_query_string_and_unknown_options(server: Server) -> None:
     files = {"image": ("a.png", encode(photo(), "PNG"))}
-    resp = httpx.post(f"{server.url}/v1/classify?top_k=2", files=files)
+    resp = server.post("/v1/classify?top_k=2", files=files)
     assert len(resp.json()["predictions"]) == 2
     resp = classify(server, files, data={"topk": "2"})
     assert "topk" in assert_error(resp, 422, "invalid_parameter")["message"]
@@ -118,7 +118,7 @@ def test_batch_keeps_order_and_reports_bad_items(server: Server, digits_dir: Pat
         ("images", ("cut.jpg", encode(photo(), "JPEG")[:300])),
         ("images", ("big.bmp", encode(photo(400, 300), "BMP"))),
     ]
-    resp = httpx.post(f"{server.url}/v1/classify/batch", files=files, data={"top_k": "3"})
+    resp = server.post("/v1/classify/batch", files=files, data={"top_k": "3"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["succeeded"] == 2 and body["failed"] == 4
@@ -160,35 +160,33 @@ def test_batch_as_json_and_its_limits(server: Server, species_model: RegisteredM
     ]
     assert set(body["results"][0]["attributes"]) == {"shiny", "shadow"}
     nine = [("images", (f"{i}.png", encode(photo(seed=i), "PNG"))) for i in range(9)]
-    error = assert_error(
-        httpx.post(f"{server.url}/v1/classify/batch", files=nine), 413, "too_many_images"
-    )
+    error = assert_error(server.post("/v1/classify/batch", files=nine), 413, "too_many_images")
     assert error["details"] == {"max_images": 8}
     assert_error(post_json(server, "/v1/classify/batch", {"images_b64": []}), 422, "missing_image")
-    resp = httpx.post(f"{server.url}/v1/classify/batch", files={"image": ("a.png", b"x")})
+    resp = server.post("/v1/classify/batch", files={"image": ("a.png", b"x")})
     assert_error(resp, 422, "missing_image")  # the field is `images`
-    resp = httpx.post(
-        f"{server.url}/v1/classify/batch", files=[("images", ("a.png", b"x"))], data={"top_k": "0"}
+    resp = server.post(
+        "/v1/classify/batch", files=[("images", ("a.png", b"x"))], data={"top_k": "0"}
     )
     assert_error(resp, 422, "invalid_parameter")
 
 
 def test_categories(server: Server, species_model: RegisteredModel) -> None:
-    body = httpx.get(f"{server.url}/v1/categories").json()
+    body = server.get("/v1/categories").json()
     assert body == {
         "model": {"name": server.model.name, "version": server.model.version},
         "labels": [str(d) for d in range(10)],
         "attributes": {},
     }
-    body = httpx.get(f"{server.url}/v1/categories", params={"model": "species"}).json()
+    body = server.get("/v1/categories", params={"model": "species"}).json()
     assert body["labels"] == ["bulbasaur", "charmander", "squirtle"]
     assert body["attributes"] == {"shiny": ["no", "yes"], "shadow": ["no", "yes"]}
-    resp = httpx.get(f"{server.url}/v1/categories", params={"model": "nope"})
+    resp = server.get("/v1/categories", params={"model": "nope"})
     assert_error(resp, 404, "model_not_found")
 
 
 def test_models_lists_every_served_version(server: Server, species_model: RegisteredModel) -> None:
-    body = httpx.get(f"{server.url}/v1/models").json()
+    body = server.get("/v1/models").json()
     assert body["active"] == server.model.tag
     assert body["ready"] is True and body["unavailable"] == {}
     by_tag = {f"{m['name']}:{m['version']}": m for m in body["models"]}
@@ -212,7 +210,7 @@ def test_each_model_has_its_own_batching_queue(server: Server, species_model) ->
 
     def counts(tag: str) -> float:
         name, version = tag.split(":")
-        text = httpx.get(f"{server.url}/metrics").text
+        text = server.get("/metrics").text
         pattern = (
             rf'^imageiq_batch_size_sum\{{model_name="{name}",model_version="{version}"\}} (\S+)$'
         )
@@ -236,7 +234,7 @@ def test_each_model_has_its_own_batching_queue(server: Server, species_model) ->
 
 
 def test_openapi_documents_every_endpoint(server: Server) -> None:
-    spec = httpx.get(f"{server.url}/docs.json").json()
+    spec = server.get("/docs.json").json()
     paths = spec["paths"]
     for path, method in [
         ("/v1/classify", "post"),
@@ -272,9 +270,7 @@ def test_openapi_documents_every_endpoint(server: Server) -> None:
     ],
 )
 def test_hostile_json_bodies_get_4xx(server: Server, body: bytes, status: int, code: str) -> None:
-    resp = httpx.post(
-        f"{server.url}/v1/classify", content=body, headers={"content-type": "application/json"}
-    )
+    resp = server.post("/v1/classify", content=body, headers={"content-type": "application/json"})
     assert_error(resp, status, code)
 
 
@@ -289,8 +285,8 @@ def test_hostile_json_bodies_get_4xx(server: Server, body: bytes, status: int, c
 def test_hostile_json_batch_bodies_get_4xx(
     server: Server, body: bytes, status: int, code: str
 ) -> None:
-    resp = httpx.post(
-        f"{server.url}/v1/classify/batch",
+    resp = server.post(
+        "/v1/classify/batch",
         content=body,
         headers={"content-type": "application/json"},
     )

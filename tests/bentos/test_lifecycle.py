@@ -64,7 +64,7 @@ def test_config_file_reload_switches_models_without_a_restart(
         body = models(server.url)
         assert [m["name"] for m in body["models"]] == ["species", newer_model.name]
         assert body["ready"] is True
-        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert server.get("/readyz").status_code == 200
         resp = classify(server, files, data={"model": digits_model.tag})
         assert_error(resp, 404, "model_not_found")
 
@@ -100,8 +100,8 @@ def test_a_model_that_fails_to_load_fails_readiness_not_liveness(
         assert body["ready"] is False
         assert body["models"][0]["state"] == "failed" and body["models"][0]["error"]
         assert "imageiq-classifier:doesnotexist" in body["unavailable"]
-        assert httpx.get(f"{server.url}/livez").status_code == 200
-        assert httpx.get(f"{server.url}/readyz").status_code == 503
+        assert server.get("/livez").status_code == 200
+        assert server.get("/readyz").status_code == 503
         files = {"image": ("a.png", encode(photo(), "PNG"))}
         error = assert_error(classify(server, files), 503, "model_not_ready")
         assert broken.tag in error["message"] and "failed" in error["message"]
@@ -130,7 +130,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(tmp_path: Path) -> None:
     with running_server(slow, tmp_path / "server.log", env) as server:
 
         def post(_: int) -> httpx.Response:
-            return httpx.post(f"{server.url}/v1/classify/batch", files=images, timeout=120)
+            return server.post("/v1/classify/batch", files=images, timeout=120)
 
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(post, i) for i in range(6)]

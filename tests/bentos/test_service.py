@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def classify(server: Server, files: dict | None = None, **kwargs: object) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/classify", files=files, timeout=60, **kwargs)
+    return server.post("/v1/classify", files=files, timeout=60, **kwargs)
 
 
 def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
@@ -33,8 +33,8 @@ def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
 
 
 def test_health_endpoints(server: Server) -> None:
-    assert httpx.get(f"{server.url}/livez").status_code == 200
-    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    assert server.get("/livez").status_code == 200
+    assert server.get("/readyz").status_code == 200
 
 
 def test_classify_a_digit(server: Server, digits_dir: Path) -> None:
@@ -127,15 +127,13 @@ def test_image_as_a_text_field_is_not_fetched_or_decoded(server: Server) -> None
 
 
 def test_request_shapes_that_are_neither_multipart_nor_json(server: Server) -> None:
-    assert_error(httpx.post(f"{server.url}/v1/classify"), 415, "unsupported_media_type")
-    resp = httpx.post(
-        f"{server.url}/v1/classify", content=b"hello", headers={"content-type": "text/plain"}
-    )
+    assert_error(server.post("/v1/classify"), 415, "unsupported_media_type")
+    resp = server.post("/v1/classify", content=b"hello", headers={"content-type": "text/plain"})
     assert_error(resp, 415, "unsupported_media_type")
-    resp = httpx.post(f"{server.url}/v1/classify", json={"image": "aGVsbG8="})
+    resp = server.post("/v1/classify", json={"image": "aGVsbG8="})
     assert_error(resp, 422, "missing_image")  # the JSON key is image_b64
-    resp = httpx.post(
-        f"{server.url}/v1/classify",
+    resp = server.post(
+        "/v1/classify",
         content=b"garbage",
         headers={"content-type": "multipart/form-data"},
     )
@@ -152,8 +150,8 @@ def test_oversized_bodies_are_refused_with_or_without_content_length(server: Ser
         for _ in range(32):
             yield b"\0" * 65536
 
-    resp = httpx.post(
-        f"{server.url}/v1/classify",
+    resp = server.post(
+        "/v1/classify",
         content=chunks(),
         headers={"content-type": "multipart/form-data; boundary=b"},
     )
@@ -161,21 +159,21 @@ def test_oversized_bodies_are_refused_with_or_without_content_length(server: Ser
 
 
 def test_unknown_routes_and_methods(server: Server) -> None:
-    assert_error(httpx.get(f"{server.url}/v1/nothing"), 404, "not_found")
-    assert_error(httpx.get(f"{server.url}/v1/classify"), 405, "method_not_allowed")
-    assert_error(httpx.delete(f"{server.url}/v1/classify"), 405, "method_not_allowed")
+    assert_error(server.get("/v1/nothing"), 404, "not_found")
+    assert_error(server.get("/v1/classify"), 405, "method_not_allowed")
+    assert_error(server.delete("/v1/classify"), 405, "method_not_allowed")
 
 
 def test_there_is_no_internal_endpoint_around_the_limits(server: Server) -> None:
     body = {"tensors": [{"shape": [3, 16, 16], "data": ""}]}
-    assert_error(httpx.post(f"{server.url}/internal/infer", json=body), 404, "not_found")
+    assert_error(server.post("/internal/infer", json=body), 404, "not_found")
 
 
 def test_client_request_id_is_echoed(server: Server) -> None:
-    resp = httpx.post(f"{server.url}/v1/classify", headers={"X-Request-ID": "client-abc.123"})
+    resp = server.post("/v1/classify", headers={"X-Request-ID": "client-abc.123"})
     assert resp.headers["x-request-id"] == "client-abc.123"
     assert resp.json()["error"]["request_id"] == "client-abc.123"
-    hostile = httpx.post(f"{server.url}/v1/classify", headers={"X-Request-ID": "a b<script>"})
+    hostile = server.post("/v1/classify", headers={"X-Request-ID": "a b<script>"})
     assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])
 
 
@@ -194,7 +192,7 @@ def test_concurrent_requests_are_batched(server: Server) -> None:
     labels = f'model_name="{server.model.name}",model_version="{server.model.version}"'
 
     def batches() -> tuple[float, float]:
-        text = httpx.get(f"{server.url}/metrics").text
+        text = server.get("/metrics").text
         found = [
             re.search(rf"^imageiq_batch_size_{kind}\{{{labels}\}} (\S+)$", text, re.M)
             for kind in ("count", "sum")
@@ -216,7 +214,7 @@ def test_concurrent_requests_are_batched(server: Server) -> None:
 def test_metrics_expose_every_stage(server: Server) -> None:
     classify(server, {"image": ("a.png", encode(photo(), "PNG"))})
     classify(server, {"image": ("notes.txt", b"text")})
-    text = httpx.get(f"{server.url}/metrics").text
+    text = server.get("/metrics").text
     for name in (
         "imageiq_requests_total",
         "imageiq_request_seconds",
@@ -244,7 +242,7 @@ def test_metrics_expose_every_stage(server: Server) -> None:
 
 
 def test_openapi_documents_classify(server: Server) -> None:
-    spec = httpx.get(f"{server.url}/docs.json").json()
+    spec = server.get("/docs.json").json()
     op = spec["paths"]["/v1/classify"]["post"]
     assert "multipart/form-data" in op["requestBody"]["content"]
     assert {"200", "413", "415", "422", "503"} <= set(op["responses"])
@@ -277,8 +275,8 @@ def test_hostile_inputs_never_reach_a_5xx(server: Server) -> None:
         b"\xff" * 4096,
     ]
     for body in bad_bodies:
-        resp = httpx.post(
-            f"{server.url}/v1/classify",
+        resp = server.post(
+            "/v1/classify",
             content=body,
             headers={"content-type": "multipart/form-data; boundary=b"},
         )
@@ -286,7 +284,7 @@ def test_hostile_inputs_never_reach_a_5xx(server: Server) -> None:
     for data in (png_header_only(0, 0), png_header_only(1, 2**31 - 1), b"GIF89a" + b"\0" * 20):
         resp = classify(server, {"image": ("x", data)})
         assert 400 <= resp.status_code < 500, resp.text
-    text = httpx.get(f"{server.url}/metrics").text
+    text = server.get("/metrics").text
     assert not re.search(r'^imageiq_requests_total\{[^}]*status="5', text, re.M)
     log = server.log.read_text()
     assert "unhandled error" not in log
@@ -304,8 +302,8 @@ def test_case_insensitive_content_type(server: Server) -> None:
         + encode(photo(), "PNG")
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    resp = httpx.post(
-        f"{server.url}/v1/classify",
+    resp = server.post(
+        "/v1/classify",
         content=body,
         headers={"content-type": f"Multipart/Form-Data; boundary={boundary}"},
     )

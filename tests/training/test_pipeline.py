@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from rich.console import Console
 
@@ -131,9 +130,9 @@ def test_multi_head_manifest_per_head_accuracy_and_served_attributes(
         result.model, tmp_path / "server.log", {"IMAGEIQ_MODELS": result.model.tag}
     ) as server:
         image = (species_manifest.parent / "img_000.png").read_bytes()
-        body = httpx.post(f"{server.url}/v1/classify", files={"image": ("a.png", image)}).json()
+        body = server.post("/v1/classify", files={"image": ("a.png", image)}).json()
         assert set(body["attributes"]) == {"shiny", "shadow"}
         assert body["predictions"][0]["label"] in {"bar", "disc", "square"}
         other = encode(photo(40, 40), "PNG")
-        body = httpx.post(f"{server.url}/v1/classify", files={"image": ("b.png", other)}).json()
+        body = server.post("/v1/classify", files={"image": ("b.png", other)}).json()
         assert all(a["label"] in {"yes", "no"} for a in body["attributes"].values())

@@ -1,0 +1,298 @@
+"""Stored images, feedback, statistics and model activation: the /v1 endpoints over the
+metadata database (:mod:`imageiq.catalog`) and the object store.
+
+Reading stored images and stats, and giving feedback, need the ``label`` scope; deleting an
+image and activating a model need ``admin``. Database work runs in worker threads; a
+database that is down answers 503 ``database_unavailable`` with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from bentos.auth import require
+from bentos.catalog_schemas import (
+    SHA256,
+    ActivateIn,
+    ActivateOut,
+    DeletedOut,
+    ImageDetailOut,
+    ImagePage,
+    LabelIn,
+    LabelOut,
+    StatsOut,
+)
+from bentos.http import note
+from bentos.schemas import ErrorResponse, ModelRefOut
+from imageiq import catalog, errors
+from imageiq.backends import Backends
+from imageiq.keys import Principal
+from imageiq.logs import request_id_var
+from imageiq.pool import ModelPool
+from imageiq.recorder import TRANSIENT
+from imageiq.registry import get_model
+from imageiq.settings import MODEL_TAG, TAG_PART
+
+T = TypeVar("T")
+router = APIRouter()
+ImageId = Path(pattern=SHA256, description="The image id: its sha256, 64 hex digits.")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (401, 403, 404, 422, 429, 503)
+}
+
+
+async def _db(backends: Backends, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(engine, *args, **kwargs)`` in a worker thread; the database down is a 503."""
+    def call() -> T:
+        try:
+            result = fn(backends.engine, *args, **kwargs)
+        except TRANSIENT as e:
+            backends.database.failed(e)
+            raise errors.DatabaseUnavailable(
+                "The metadata database is unavailable; try again shortly.", retry_after=2
+            ) from e
+        backends.database.succeeded()
+        return result
+
+    return await anyio.to_thread.run_sync(call)
+
+
+def _backends(request: Request) -> Backends:
+    backends: Backends = request.app.state.backends
+    return backends
+
+
+def _pool(request: Request) -> ModelPool:
+    pool: ModelPool = request.app.state.pool
+    return pool
+
+
+@router.get("/images", response_model=ImagePage, responses=_ERRORS, summary="Stored images")
+async def list_images(
+    request: Request,
+    principal: Principal = Depends(require("label")),
+    label: str | None = Query(None, max_length=255, description="Given (true) label."),
+    predicted_label: str | None = Query(None, max_length=255, description="Top-1 predicted."),
+    min_confidence: float | None = Query(None, ge=0.0, le=1.0),
+    max_confidence: float | None = Query(None, ge=0.0, le=1.0),
+    model: str | None = Query(None, pattern=MODEL_TAG, description="name or name:version."),
+    model_version: str | None = Query(None, pattern=rf"^{TAG_PART}$"),
+    created_after: datetime | None = Query(None, description="ISO 8601."),
+    created_before: datetime | None = Query(None, description="ISO 8601."),
+    limit: int = Query(20, ge=1, le=100),
+    offset: int = Query(0, ge=0, le=1_000_000),
+) -> ImagePage:
+    """Stored images, newest first, with their latest prediction and label. Prediction
+    filters (predicted label, confidence range, model, version) match images that have one
+    prediction meeting all of them."""
+    name, _, version = (model or "").partition(":")
+    where = catalog.ImageFilter(
+        label=label,
+        predicted_label=predicted_label,
+        min_confidence=min_confidence,
+        max_confidence=max_confidence,
+        model_name=name or None,
+        model_version=model_version or (version if version not in ("", "latest") else None),
+        created_after=created_after,
+        created_before=created_before,
+    )
+    items, total = await _db(
+        _backends(request), catalog.list_images, where, limit=limit, offset=offset
+    )
+    end = offset + len(items)
+    return ImagePage.model_validate(
+        {
+            "items": items,
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_offset": end if end < total else None,
+        }
+    )
+
+
+@router.get(
+    "/images/{image_id}", response_model=ImageDetailOut, responses=_ERRORS, summary="A stored image"
+)
+async def get_image(
+    request: Request,
+    image_id: str = ImageId,
+    principal: Principal = Depends(require("label")),
+) -> ImageDetailOut:
+    """Its metadata, latest predictions and every label given."""
+    found = await _db(_backends(request), catalog.get_image, image_id)
+    return ImageDetailOut.model_validate(found)
+
+
+@router.get(
+    "/images/{image_id}/content",
+    responses={**_ERRORS, 200: {"content": {"image/*": {}}}},
+    summary="A stored image's bytes",
+)
+async def get_image_content(
+    request: Request,
+    image_id: str = ImageId,
+    principal: Principal = Depends(require("label")),
+) -> Response:
+    backends = _backends(request)
+    image = await _db(backends, catalog.find_image, image_id)
+    if image is None:
+        raise errors.ImageNotFound(f"No stored image {image_id}.")
+    data = await anyio.to_thread.run_sync(backends.store.get, image.storage_key)
+    return Response(data, media_type=image.content_type)
+
+
+@router.post(
+    "/images/{image_id}/labels",
+    response_model=LabelOut,
+    status_code=201,
+    responses=_ERRORS,
+    summary="Give feedback: an image's true label and attributes",
+)
+async def add_label(
+    request: Request,
+    body: LabelIn,
+    image_id: str = ImageId,
+    principal: Principal = Depends(require("label")),
+) -> LabelOut:
+    """The input of continuous retraining. The label and attribute values must be ones a
+    served model knows, unless ``new_label`` is true (a new class)."""
+    if body.label is None and not body.attributes:
+        raise errors.InvalidParameter("Give a label, attributes, or both.")
+    if body.source != "user" and not principal.allows("admin"):
+        raise errors.Forbidden(f"Labels with source {body.source!r} need the admin scope.")
+    _check_known(_pool(request), body)
+    backends = _backends(request)
+    if image_id in backends.recorder.pending_images():
+        raise errors.DatabaseUnavailable(
+            "The image is being stored (the database or store was briefly away); retry.",
+            retry_after=2,
+        )
+    row = await _db(
+        backends,
+        catalog.add_label,
+        image_id,
+        label=body.label,
+        attributes=body.attributes,
+        source=body.source,
+        created_by=principal.key_id,
+    )
+    note(request.scope, image=image_id)
+    return LabelOut(image=image_id, **row)
+
+
+@router.delete(
+    "/images/{image_id}",
+    response_model=DeletedOut,
+    responses=_ERRORS,
+    summary="Forget an image: its object, rows and cached predictions",
+)
+async def delete_image(
+    request: Request,
+    image_id: str = ImageId,
+    principal: Principal = Depends(require("admin")),
+) -> DeletedOut:
+    """The right to be forgotten. The object goes first, then every row (image, labels,
+    predictions), then the cache entries; a failure answers 503 and a retry finishes the
+    job. 404 when nothing of the image was known."""
+    backends = _backends(request)
+    backends.recorder.forget(image_id)  # nothing pending may bring it back
+    image = await _db(backends, catalog.find_image, image_id)
+    deleted = {"object": 0}
+    if image is not None:
+        await anyio.to_thread.run_sync(backends.store.delete, image.storage_key)
+        deleted["object"] = 1
+    deleted.update(await _db(backends, catalog.delete_image_rows, image_id))
+    deleted["cache_entries"] = await anyio.to_thread.run_sync(backends.cache.forget, image_id)
+    if not any(deleted.values()):
+        raise errors.ImageNotFound(f"Nothing is known of image {image_id}.")
+    await _db(
+        backends,
+        catalog.audit,
+        actor=principal.key_id,
+        action="image.delete",
+        target=image_id,
+        detail=deleted,
+        request_id=request_id_var.get(),
+    )
+    return DeletedOut(id=image_id, deleted=deleted)
+
+
+@router.get("/stats", response_model=StatsOut, responses=_ERRORS, summary="Usage statistics")
+async def stats(
+    request: Request,
+    principal: Principal = Depends(require("label")),
+    since: datetime | None = Query(None, description="ISO 8601, inclusive."),
+    until: datetime | None = Query(None, description="ISO 8601, exclusive."),
+) -> StatsOut:
+    """Predictions per label, per model version and per day (UTC), the cache hit ratio,
+    labels given, stored images."""
+    found = await _db(_backends(request), catalog.stats, since=since, until=until)
+    return StatsOut(**found, since=since, until=until)
+
+
+@router.post(
+    "/admin/models/{name}/activate",
+    response_model=ActivateOut,
+    responses=_ERRORS,
+    summary="Switch a model's active version without a restart",
+)
+async def activate_model(
+    request: Request,
+    body: ActivateIn,
+    name: str = Path(pattern=rf"^{TAG_PART}$"),
+    principal: Principal = Depends(require("admin")),
+) -> ActivateOut:
+    """Requests for ``name`` (and the default ones, when it is the active model) get
+    ``version`` from now on; the version it replaces is retired once its requests finish.
+    Loads and warms the version first: a version that fails to load changes nothing (503).
+    Recorded in the models table and the audit log."""
+    pool = _pool(request)
+    backends = _backends(request)
+    model = await anyio.to_thread.run_sync(get_model, f"{name}:{body.version}")
+    previous = next((m.tag for m in pool.models.values() if m.model.name == name), None)
+    if not await pool.activate(model.tag):
+        raise errors.ModelNotReady(
+            f"Model {model.tag} could not be loaded; still serving {previous}.",
+            details={"last_reload": pool.last_reload},
+        )
+    await _db(
+        backends,
+        catalog.activate_model,
+        name=model.name,
+        version=model.version,
+        metrics=model.card.metrics,
+        actor=principal.key_id,
+        request_id=request_id_var.get(),
+        previous=previous,
+    )
+    return ActivateOut(
+        model=ModelRefOut(name=model.name, version=model.version),
+        previous=previous,
+        serving=list(pool.models),
+    )
+
+
+def _check_known(pool: ModelPool, body: LabelIn) -> None:
+    cards = [m.model.card for m in pool.models.values()]
+    if body.label is not None and not body.new_label:
+        known = {label for card in cards for label in card.labels}
+        if body.label not in known:
+            raise errors.InvalidParameter(
+                f"No served model knows the label {body.label!r}; send new_label=true "
+                "to add a new class.",
+                details={"field": "label"},
+            )
+    for head, answer in body.attributes.items():
+        values = {v for card in cards for v in card.heads.get(head, [])}
+        if answer not in values:
+            raise errors.InvalidParameter(
+                f"Attribute {head}={answer!r} is not one a served model predicts"
+                + (f" ({', '.join(sorted(values))})." if values else "."),
+                details={"field": f"attributes.{head}"},
+            )

@@ -1,0 +1,305 @@
+"""Reading and changing the metadata behind the /v1/images, /v1/stats and admin endpoints:
+plain functions over an engine, so the service stays a thin layer and tests need no server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, Select, and_, delete, exists, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from imageiq import errors
+from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    label: str | None = None  # a given (ground-truth) label
+    predicted_label: str | None = None  # top-1 of some prediction ...
+    min_confidence: float | None = None  # ... with a score in this range ...
+    max_confidence: float | None = None
+    model_name: str | None = None  # ... by this model (and version)
+    model_version: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def insert_ignore(engine: Engine, table: Any, rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: a repeated write (a retry, a replay) is a no-op."""
+    if not rows:
+        return
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    with engine.begin() as connection:
+        connection.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+
+
+def list_images(
+    engine: Engine, where: ImageFilter, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Stored images matching ``where``, newest first, each with its latest prediction and
+    latest label; and how many match in all."""
+    query = _filtered(where)
+    with Session(engine) as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        images: list[Image] = list(
+            session.scalars(
+                query.order_by(Image.created_at.desc(), Image.sha256).limit(limit).offset(offset)
+            )
+        )
+        shas = [i.sha256 for i in images]
+        predictions = _latest(session, Prediction, shas)
+        labels = _latest(session, Label, shas)
+    return [_image_out(i, predictions.get(i.sha256), labels.get(i.sha256)) for i in images], total
+
+
+def get_image(engine: Engine, sha256: str) -> dict[str, Any]:
+    with Session(engine) as session:
+        image = session.get(Image, sha256)
+        if image is None:
+            raise errors.ImageNotFound(f"No stored image {sha256}.")
+        predictions = session.scalars(
+            select(Prediction)
+            .where(Prediction.image_sha256 == sha256)
+            .order_by(Prediction.created_at.desc())
+            .limit(20)
+        ).all()
+        labels = session.scalars(
+            select(Label).where(Label.image_sha256 == sha256).order_by(Label.created_at.desc())
+        ).all()
+        out = _image_out(image, predictions[0] if predictions else None, None)
+        out["predictions"] = [_prediction_out(p) for p in predictions]
+        out["labels"] = [_label_out(label) for label in labels]
+        return out
+
+
+def add_label(
+    engine: Engine,
+    sha256: str,
+    *,
+    label: str | None,
+    attributes: dict[str, str],
+    source: str,
+    created_by: str | None,
+) -> dict[str, Any]:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        if session.get(Image, sha256) is None:
+            raise errors.ImageNotFound(
+                f"No stored image {sha256}: labels are kept for stored images "
+                "(classify with store=true first)."
+            )
+        row = Label(
+            image_sha256=sha256,
+            label=label,
+            attributes=attributes,
+            source=source,
+            created_by=created_by,
+        )
+        session.add(row)
+        session.flush()
+        session.refresh(row)
+    return _label_out(row)
+
+
+def delete_image_rows(engine: Engine, sha256: str) -> dict[str, int]:
+    """Every row of an image (its own, its labels, its predictions), in one transaction."""
+    with Session(engine) as session, session.begin():
+        counts = {
+            name: int(getattr(session.execute(statement), "rowcount", 0))
+            for name, statement in (
+                ("labels", delete(Label).where(Label.image_sha256 == sha256)),
+                ("predictions", delete(Prediction).where(Prediction.image_sha256 == sha256)),
+                ("images", delete(Image).where(Image.sha256 == sha256)),
+            )
+        }
+    return counts
+
+
+def find_image(engine: Engine, sha256: str) -> Image | None:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.get(Image, sha256)
+
+
+def stats(
+    engine: Engine, *, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, Any]:
+    """Counts per predicted label, per model version and per day; labels per label and
+    source; stored images; the share of predictions served from the cache."""
+
+    def window(column: Any) -> list[Any]:
+        return [c for c in (since and column >= since, until and column < until) if c is not None]
+
+    day = func.date(Prediction.created_at)
+    if engine.dialect.name == "postgresql":
+        day = func.date(func.timezone("UTC", Prediction.created_at))
+    p_where = and_(True, *window(Prediction.created_at))
+    l_where = and_(True, *window(Label.created_at))
+    with Session(engine) as session:
+        total, cached = session.execute(
+            select(func.count(), func.count().filter(Prediction.cached)).where(p_where)
+        ).one()
+
+        def grouped(column: Any, where: Any, table: Any) -> dict[str, int]:
+            rows = session.execute(
+                select(column, func.count()).select_from(table).where(where).group_by(column)
+            )
+            return {str(k): int(n) for k, n in sorted(rows, key=lambda r: (-r[1], str(r[0])))}
+
+        model = Prediction.model_name + ":" + Prediction.model_version
+        out = {
+            "images": {
+                "stored": session.scalar(
+                    select(func.count())
+                    .select_from(Image)
+                    .where(and_(True, *window(Image.created_at)))
+                )
+                or 0
+            },
+            "predictions": {
+                "total": total,
+                "cached": cached,
+                "cache_hit_ratio": round(cached / total, 4) if total else None,
+                "per_label": grouped(Prediction.label, p_where, Prediction),
+                "per_model": grouped(model, p_where, Prediction),
+                "per_day": dict(sorted(grouped(day, p_where, Prediction).items())),
+            },
+            "labels": {
+                "total": session.scalar(select(func.count()).select_from(Label).where(l_where))
+                or 0,
+                "per_label": grouped(Label.label, l_where, Label),
+                "per_source": grouped(Label.source, l_where, Label),
+            },
+        }
+    return out
+
+
+def record_models(engine: Engine, served: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Make sure every served model version has a row (new ones are ``staged``)."""
+    rows = [{"name": n, "version": v, "metrics": m, "status": "staged"} for n, v, m in served]
+    insert_ignore(engine, Model, rows)
+
+
+def activate_model(
+    engine: Engine,
+    *,
+    name: str,
+    version: str,
+    metrics: dict[str, Any],
+    actor: str | None,
+    request_id: str | None,
+    previous: str | None,
+) -> None:
+    """Mark ``name:version`` active (the one that was active is retired) and audit it."""
+    record_models(engine, [(name, version, metrics)])
+    with Session(engine) as session, session.begin():
+        for row in session.scalars(select(Model).where(Model.name == name)):
+            if row.version == version:
+                row.status = "active"
+            elif row.status == "active":
+                row.status = "retired"
+        session.add(
+            AuditEntry(
+                actor=actor,
+                action="model.activate",
+                target=f"{name}:{version}",
+                detail={"previous": previous},
+                request_id=request_id,
+            )
+        )
+
+
+def audit(
+    engine: Engine,
+    *,
+    actor: str | None,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any],
+    request_id: str | None = None,
+) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(
+            AuditEntry(
+                actor=actor, action=action, target=target, detail=detail, request_id=request_id
+            )
+        )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _filtered(where: ImageFilter) -> Select[Any]:
+    query = select(Image)
+    if where.created_after is not None:
+        query = query.where(Image.created_at >= where.created_after)
+    if where.created_before is not None:
+        query = query.where(Image.created_at < where.created_before)
+    if where.label is not None:
+        query = query.where(
+            exists().where(Label.image_sha256 == Image.sha256, Label.label == where.label)
+        )
+    conditions: list[ColumnElement[bool]] = []
+    if where.predicted_label is not None:
+        conditions.append(Prediction.label == where.predicted_label)
+    if where.min_confidence is not None:
+        conditions.append(Prediction.score >= where.min_confidence)
+    if where.max_confidence is not None:
+        conditions.append(Prediction.score <= where.max_confidence)
+    if where.model_name is not None:
+        conditions.append(Prediction.model_name == where.model_name)
+    if where.model_version is not None:
+        conditions.append(Prediction.model_version == where.model_version)
+    if conditions:
+        query = query.where(exists().where(Prediction.image_sha256 == Image.sha256, *conditions))
+    return query
+
+
+def _latest(session: Session, table: Any, shas: list[str]) -> dict[str, Any]:
+    if not shas:
+        return {}
+    rank = (
+        func.row_number()
+        .over(partition_by=table.image_sha256, order_by=table.created_at.desc())
+        .label("rank")
+    )
+    inner = select(table, rank).where(table.image_sha256.in_(shas)).subquery()
+    rows = session.execute(select(table).from_statement(select(inner).where(inner.c.rank == 1)))
+    return {row.image_sha256: row for (row,) in rows}
+
+
+def _image_out(image: Image, prediction: Prediction | None, label: Label | None) -> dict[str, Any]:
+    return {
+        "id": image.sha256,
+        "content_type": image.content_type,
+        "bytes": image.bytes,
+        "width": image.width,
+        "height": image.height,
+        "uploaded_by": image.uploaded_by,
+        "created_at": image.created_at,
+        "prediction": _prediction_out(prediction) if prediction is not None else None,
+        "label": _label_out(label) if label is not None else None,
+    }
+
+
+def _prediction_out(p: Prediction) -> dict[str, Any]:
+    return {
+        "model": {"name": p.model_name, "version": p.model_version},
+        "label": p.label,
+        "score": p.score,
+        "predictions": p.top_k,
+        "attributes": p.attributes,
+        "cached": p.cached,
+        "created_at": p.created_at,
+    }
+
+
+def _label_out(label: Label) -> dict[str, Any]:
+    return {
+        "id": label.id,
+        "label": label.label,
+        "attributes": label.attributes,
+        "source": label.source,
+        "created_by": label.created_by,
+        "created_at": label.created_at,
+    }

@@ -1,0 +1,1 @@
+"""Metadata in a SQL database: the schema, its migrations, and the engine."""

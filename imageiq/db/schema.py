@@ -1,0 +1,190 @@
+"""The metadata schema (SQLAlchemy 2 declarative models), the one definition the Alembic
+migrations are written against. The same models serve PostgreSQL and the embedded SQLite.
+
+An image's id is its content's SHA-256 (hex): uploading the same bytes twice gives the same
+image, and the object store keys are content-addressed the same way. Predictions are kept
+for every classified image, stored or not, so they reference images by hash, not by a
+foreign key; labels exist only for stored images and go with them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Stable constraint names, so migrations can refer to them on every database.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+# A 64-bit key on PostgreSQL, SQLite's auto-incrementing INTEGER rowid there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+LABEL_SOURCES = ("user", "admin", "model")
+MODEL_STATUSES = ("staged", "active", "retired")
+
+
+def _now() -> Any:
+    return func.now()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python (SQLite keeps none)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # a time without a zone is taken as UTC
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Image(Base):
+    """A stored upload: the object lives in the store under ``storage_key``."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    content_type: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    uploaded_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(
+        UtcDateTime, default=utcnow, server_default=_now(), index=True
+    )
+
+
+class Prediction(Base):
+    """One served prediction. ``id`` is minted when the request is answered, so a record
+    replayed after a database outage is written once, never twice."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(255), index=True)  # the top-1 label
+    score: Mapped[float] = mapped_column(Float)  # its score
+    top_k: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{label, score}], best first
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)  # {head: {label, score}}
+    latency_ms: Mapped[float] = mapped_column(Float)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    api_key_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+    __table_args__ = (Index("ix_predictions_model", "model_name", "model_version"),)
+
+
+class Label(Base):
+    """Ground truth given for a stored image: the input of continuous retraining."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_sha256: Mapped[str] = mapped_column(
+        ForeignKey("images.sha256", ondelete="CASCADE"), index=True
+    )
+    label: Mapped[str | None] = mapped_column(String(255), index=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(
+        UtcDateTime, default=utcnow, server_default=_now(), index=True
+    )
+
+    __table_args__ = (CheckConstraint(f"source IN {LABEL_SOURCES}", name="source"),)
+
+
+class Model(Base):
+    """A model version known to the service, and whether it is the one requests get."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="staged")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        UtcDateTime, default=utcnow, server_default=_now(), onupdate=utcnow
+    )
+
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_models_name_version"),
+        CheckConstraint(f"status IN {MODEL_STATUSES}", name="status"),
+    )
+
+
+class ApiKey(Base):
+    """An API key: its public id, and a salted (and peppered) hash of its secret."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    salt: Mapped[str] = mapped_column(String(64))
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=_now())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class AuditEntry(Base):
+    """Who did what: key management, model activation, deletion, label corrections."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(
+        UtcDateTime, default=utcnow, server_default=_now(), index=True
+    )
+    actor: Mapped[str | None] = mapped_column(String(64))  # an API key id, or cli:<user>
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    request_id: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,177 @@
+"""API keys: minting, hashing, checking, revoking.
+
+A key reads ``iiq_<id>_<secret>``: the id (public, 16 hex digits) finds the row, the secret
+(192 random bits) is never stored; only HMAC-SHA256(pepper, salt || secret) is, with a salt
+of its own per key. A random secret of that size needs no slow password hash: it cannot be
+guessed, only stolen, and a stolen database without the pepper tests no guesses. Checks
+compare in constant time, and an unknown id costs the same hash as a known one, so neither
+the answer nor its timing tells whether a key exists.
+
+Scopes: ``classify``, ``label`` (feedback, and reading stored images and stats) and
+``admin`` (model activation, deletion, key management), which implies the other two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from imageiq import errors
+from imageiq.db.schema import ApiKey, AuditEntry
+
+SCOPES = ("classify", "label", "admin")
+_KEY = re.compile(r"^iiq_([0-9a-f]{16})_([0-9a-f]{48})$")
+_DUMMY_SALT = "0" * 32
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: an API key's id, name and scopes."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[str]
+    rate_limit_per_minute: int | None = None
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+ANONYMOUS = Principal("anonymous", "auth disabled", frozenset(SCOPES))
+
+
+def parse_scopes(text: str | Iterable[str]) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    scopes = sorted({s.strip() for s in items if s.strip()})
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise errors.ConfigurationError(
+            f"Invalid scopes {unknown or text!r}. Only {', '.join(SCOPES)} are supported."
+        )
+    return scopes
+
+
+def hash_secret(secret: str, *, salt: str, pepper: bytes) -> str:
+    return hmac.new(pepper, f"{salt}:{secret}".encode(), hashlib.sha256).hexdigest()
+
+
+def create_key(
+    engine: Engine,
+    *,
+    name: str,
+    scopes: list[str],
+    pepper: bytes,
+    rate_limit_per_minute: int | None = None,
+    actor: str | None = None,
+) -> tuple[str, ApiKey]:
+    """A new key: returns the plaintext (shown once, never stored) and its row."""
+    if not name.strip() or len(name) > 128:
+        raise errors.ConfigurationError("a key name is 1 to 128 characters")
+    key_id, secret, salt = secrets.token_hex(8), secrets.token_hex(24), secrets.token_hex(16)
+    row = ApiKey(
+        id=key_id,
+        name=name.strip(),
+        scopes=parse_scopes(scopes),
+        salt=salt,
+        secret_hash=hash_secret(secret, salt=salt, pepper=pepper),
+        rate_limit_per_minute=rate_limit_per_minute,
+    )
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        session.add(row)
+        session.add(
+            AuditEntry(
+                actor=actor,
+                action="key.create",
+                target=key_id,
+                detail={"name": row.name, "scopes": row.scopes},
+            )
+        )
+    return f"iiq_{key_id}_{secret}", row
+
+
+def list_keys(engine: Engine) -> list[ApiKey]:
+    with Session(engine, expire_on_commit=False) as session:
+        return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def revoke_key(engine: Engine, key_id: str, *, actor: str | None = None) -> ApiKey:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        row = session.get(ApiKey, key_id) if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
+        if row is None:
+            raise errors.KeyNotFound(f"No API key with id {key_id!r}.")
+        if row.revoked_at is None:
+            row.revoked_at = datetime.now(timezone.utc)
+            session.add(AuditEntry(actor=actor, action="key.revoke", target=key_id, detail={}))
+        return row
+
+
+class KeyRing:
+    """Checks bearer keys for the service. Rows are cached for ``ttl_s`` (a revocation made
+    elsewhere applies within that time; one made through this replica at once), and a key
+    checked before keeps working from the cache while the database is down."""
+
+    def __init__(self, engine: Engine, *, pepper: bytes, ttl_s: float) -> None:
+        self._engine, self._pepper, self._ttl = engine, pepper, ttl_s
+        self._lock = threading.Lock()
+        self._rows: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise errors.Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
+        scheme, _, token = authorization.strip().partition(" ")
+        match = _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
+        key_id, secret = match.groups() if match else ("", "")
+        row = self._row(key_id) if match else None
+        salt = row["salt"] if row else _DUMMY_SALT
+        expected = row["secret_hash"] if row else "0" * 64
+        ok = hmac.compare_digest(hash_secret(secret, salt=salt, pepper=self._pepper), expected)
+        if not ok or row is None or row["revoked"]:
+            raise errors.Unauthorized("Invalid API key.")
+        return Principal(key_id, row["name"], frozenset(row["scopes"]), row["rate_limit"])
+
+    def forget(self, key_id: str) -> None:
+        with self._lock:
+            self._rows.pop(key_id, None)
+
+    def _row(self, key_id: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._rows.get(key_id)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        try:
+            with Session(self._engine) as session:
+                found = session.get(ApiKey, key_id)
+                row = None
+                if found is not None:
+                    row = {
+                        "name": found.name,
+                        "scopes": list(found.scopes),
+                        "salt": found.salt,
+                        "secret_hash": found.secret_hash,
+                        "rate_limit": found.rate_limit_per_minute,
+                        "revoked": found.revoked_at is not None,
+                    }
+        except SQLAlchemyError as e:
+            if cached is not None:  # the database is down: trust what we knew
+                return cached[1]
+            raise errors.DatabaseUnavailable(
+                "Cannot check the API key: the database is unavailable.", retry_after=2
+            ) from e
+        with self._lock:
+            if len(self._rows) > 100_000:  # random ids must not grow the cache forever
+                self._rows.clear()
+            self._rows[key_id] = (now, row)
+        return row

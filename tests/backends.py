@@ -1,0 +1,185 @@
+"""Real PostgreSQL, Redis and S3 (moto) servers for the tests, each on a free port on
+127.0.0.1, started and stopped by the tests themselves (never someone else's process).
+
+PostgreSQL is a throwaway cluster (``initdb`` into a temporary directory, run as the
+``postgres`` user when the tests run as root), so a test may stop and restart it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"{what} did not listen on 127.0.0.1:{port} within 30 s")
+
+
+def _require(binary: str, package: str) -> str:
+    found = shutil.which(binary)
+    if found is None:
+        pytest.fail(f"{binary} is not installed: the integration tests need it (apt: {package})")
+    return found
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.binary = _require("redis-server", "redis-server")
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--protected-mode", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port, "redis-server", self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+class MotoServer:
+    """An S3-compatible server (moto) with one bucket."""
+
+    def __init__(self, bucket: str = "imageiq-test") -> None:
+        self.port = free_port()
+        self.bucket = bucket
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    env: ClassVar[dict[str, str]] = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def start(self, *, create_bucket: bool = True) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port, "moto server", self.proc)
+        if create_bucket:
+            self.client().create_bucket(Bucket=self.bucket)
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def keys(self) -> list[str]:
+        listed = self.client().list_objects_v2(Bucket=self.bucket)
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster in a temporary directory."""
+
+    def __init__(self) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        pg_ctl = found[-1] if found else shutil.which("pg_ctl")
+        if pg_ctl is None:
+            pytest.fail(
+                "PostgreSQL is not installed: the integration tests need it (apt: postgresql)"
+            )
+        self.bin = Path(pg_ctl).parent
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="imageiq-pg-"))
+        self.data = self.root / "data"
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bin / tool), *args]
+        if self.as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.root)
+        if done.returncode != 0:
+            pytest.fail(f"{tool} failed: {done.stdout}{done.stderr}")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        log = str(self.root / "log")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+        _wait_port(self.port, "postgres")
+        deadline = time.monotonic() + 30
+        while True:  # listening is not accepting: wait until a query works
+            done = subprocess.run(
+                [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                capture_output=True,
+            )
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail("postgres did not accept connections within 30 s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
