@@ -201,7 +201,7 @@ async def delete_image(
     predictions), then the cache entries; a failure answers 503 and a retry finishes the
     job. 404 when nothing of the image was known."""
     backends = _backends(request)
-    backends.recorder.forget(image_id)  # nothing pending may bring it back
+    await anyio.to_thread.run_sync(backends.recorder.forget, image_id)  # no record revives it
     image = await _db(backends, catalog.find_image, image_id)
     deleted = {"object": 0}
     if image is not None:

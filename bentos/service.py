@@ -44,7 +44,8 @@ from bentos.schemas import (
 )
 from imageiq import catalog, errors
 from imageiq.activation import ActivationSync
-from imageiq.backends import Backends
+from imageiq.backends import Backends, open_database
+from imageiq.db.engine import check_migrated
 from imageiq.keys import Principal
 from imageiq.logs import configure_logging
 from imageiq.metrics import metrics
@@ -180,6 +181,20 @@ class ImageClassifier:
                 )
         log.info("serving %s (loading in the background)", list(SETTINGS.models))
 
+    @bentoml.on_deployment
+    def check_database() -> None:
+        """Once, in the serving process before any worker starts: an unmigrated or
+        unreachable database stops ``bentoml serve`` with the reason, instead of workers
+        failing one after the other."""
+        engine = open_database(SETTINGS)
+        try:
+            check_migrated(engine)
+        except errors.ImageIQError as e:
+            log.critical("cannot start: %s", e.message)
+            raise SystemExit(f"imageiq cannot start: {e.message}") from e
+        finally:
+            engine.dispose()
+
     @bentoml.on_startup
     async def start_watching(self) -> None:
         self.backends.start()
@@ -224,6 +239,7 @@ class ImageClassifier:
     @api.post(
         "/classify",
         response_model=ClassifyResponse,
+        response_model_exclude_none=True,
         responses=_errors(400, 404, 413, 415, 422, 503),
         summary="Classify one image",
         openapi_extra=_request_body(ClassifyJSON, "image"),

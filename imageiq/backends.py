@@ -81,7 +81,9 @@ class Backends:
             redis=redis,
             cache=build_cache(settings, redis),
             limiter=build_limiter(settings, redis),
-            keys=KeyRing(engine, pepper=settings.pepper, ttl_s=settings.auth_cache_ttl_s),
+            keys=KeyRing(
+                engine, pepper=settings.pepper, ttl_s=settings.auth_cache_ttl_s, database=database
+            ),
             recorder=recorder,
         )
 

@@ -192,13 +192,15 @@ def activate_model(
     request_id: str | None,
     previous: str | None,
 ) -> None:
-    """Mark ``name:version`` active (the one that was active is retired) and audit it."""
+    """Mark ``name:version`` active, retire the one it replaces (``previous``, a tag, and
+    any other marked active) and audit it."""
     record_models(engine, [(name, version, metrics)])
+    replaced = previous.split(":", 1)[1] if previous and ":" in previous else None
     with Session(engine) as session, session.begin():
         for row in session.scalars(select(Model).where(Model.name == name)):
             if row.version == version:
                 row.status = "active"
-            elif row.status == "active":
+            elif row.status == "active" or row.version == replaced:
                 row.status = "retired"
         session.add(
             AuditEntry(

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from imageiq import errors
 from imageiq.db.schema import ApiKey, AuditEntry
+from imageiq.health import Dependency
 
 SCOPES = ("classify", "label", "admin")
 _KEY = re.compile(r"^iiq_([0-9a-f]{16})_([0-9a-f]{48})$")
@@ -122,8 +123,11 @@ class KeyRing:
     elsewhere applies within that time; one made through this replica at once), and a key
     checked before keeps working from the cache while the database is down."""
 
-    def __init__(self, engine: Engine, *, pepper: bytes, ttl_s: float) -> None:
+    def __init__(
+        self, engine: Engine, *, pepper: bytes, ttl_s: float, database: Dependency | None = None
+    ) -> None:
         self._engine, self._pepper, self._ttl = engine, pepper, ttl_s
+        self._database = database
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
@@ -151,6 +155,8 @@ class KeyRing:
             cached = self._rows.get(key_id)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
+        if cached is not None and self._database is not None and not self._database.available():
+            return cached[1]  # the database is known to be down: no wait for its timeout
         try:
             with Session(self._engine) as session:
                 found = session.get(ApiKey, key_id)
@@ -165,6 +171,8 @@ class KeyRing:
                         "revoked": found.revoked_at is not None,
                     }
         except SQLAlchemyError as e:
+            if self._database is not None:
+                self._database.failed(e)
             if cached is not None:  # the database is down: trust what we knew
                 return cached[1]
             raise errors.DatabaseUnavailable(

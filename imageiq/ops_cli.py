@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Column, Table
 
 from imageiq.console import console, err_console
@@ -122,8 +124,10 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     console.print(key, soft_wrap=True, highlight=False)
     if args.save is not None:
         args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.touch(mode=0o600)
-        args.save.write_text(key + "\n")
+        fd = os.open(args.save, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
         err_console.print(f"saved to {args.save}")
     return 0
 
@@ -145,7 +149,8 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             f"{row.created_at:%Y-%m-%d %H:%M}",
             f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "",
         )
-    console.print(table)
+    # Piped output is not cut to 80 columns.
+    (console if console.is_terminal else Console(width=200)).print(table)
     return 0
 
 

@@ -13,7 +13,6 @@ A record is dropped only when its image is forgotten (``DELETE /v1/images/{id}``
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import queue
 import threading
@@ -21,7 +20,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from sqlalchemy.exc import (
     DisconnectionError,
     InterfaceError,
     OperationalError,
-    SQLAlchemyError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -43,7 +41,6 @@ from imageiq.records import (
     ImageRecord,
     PredictionRecord,
     Record,
-    encode,
     read_spool,
     utcnow,
     write_spool,
@@ -53,6 +50,8 @@ from imageiq.storage import ObjectStore
 log = logging.getLogger("imageiq.recorder")
 # The database is away (down, restarting, unreachable): keep the records and retry.
 TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+# How long a forgotten image is remembered, to drop its records still in flight.
+_REMEMBER = timedelta(minutes=10)
 
 
 class Recorder:
@@ -74,8 +73,10 @@ class Recorder:
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_size)
         self._queue_size, self._batch_size = queue_size, batch_size
         self._interval = flush_interval_s
-        self._backlog: deque[Record] = deque()  # taken from the queue, not yet written
-        self._lock = threading.Lock()  # guards _backlog, _forgotten and the spool files
+        self._rows: deque[Record] = deque()  # ready for the database
+        self._uploads: deque[ImageRecord] = deque()  # images whose object is not stored yet
+        self._lock = threading.Lock()  # guards the deques, _forgotten and the spool files
+        self._writing = threading.Lock()  # held while a batch is written (see forget)
         self._forgotten: dict[str, datetime] = {}
         self._spooled = sum(len(read_spool(p)) for p in self._spool.glob("*.jsonl"))
         self._stop = threading.Event()
@@ -100,19 +101,24 @@ class Recorder:
 
     def pending_images(self) -> set[str]:
         with self._lock:
-            held = list(self._backlog) + list(self._queue.queue)
+            held = [*self._uploads, *self._rows, *self._queue.queue]
         return {r.sha256 for r in held if isinstance(r, ImageRecord)}
 
     @property
     def pending(self) -> int:
         """Records accepted and not yet in the database (queue, memory and spool)."""
-        return self._queue.qsize() + len(self._backlog) + self._spooled
+        with self._lock:
+            return self._queue.qsize() + len(self._rows) + len(self._uploads) + self._spooled
 
     def forget(self, sha256: str) -> None:
-        """Drop every record of an image accepted until now: queued, held or spooled."""
-        with self._lock:
-            self._forgotten[sha256] = utcnow()
-            self._backlog = deque(r for r in self._backlog if r.sha256 != sha256)
+        """Drop every record of an image accepted until now: queued, held or spooled. Waits
+        for a batch being written, so the caller may delete the image's rows after it."""
+        with self._writing, self._lock:
+            now = utcnow()
+            self._forgotten = {k: t for k, t in self._forgotten.items() if now - t < _REMEMBER}
+            self._forgotten[sha256] = now
+            self._rows = deque(r for r in self._rows if r.sha256 != sha256)
+            self._uploads = deque(r for r in self._uploads if r.sha256 != sha256)
             for path in sorted(self._spool.glob("*.jsonl")):
                 records = read_spool(path)
                 kept = [r for r in records if r.sha256 != sha256]
@@ -126,8 +132,10 @@ class Recorder:
         self._stop.set()
         self._thread.join(timeout_s)
         with self._lock:
-            left = [r for r in list(self._backlog) + self._drain(None) if self._keep(r)]
-            self._backlog.clear()
+            held = [*self._uploads, *self._rows, *self._drain(None)]
+            left = [r for r in held if self._keep(r)]
+            self._rows.clear()
+            self._uploads.clear()
             if left:
                 self._write_spool(left)
                 log.warning(
@@ -139,40 +147,72 @@ class Recorder:
         backoff = self._interval
         while True:
             stopping = self._stop.is_set()
+            self._take()
+            waiting = self._upload()
             with self._lock:
-                self._backlog.extend(self._drain(self._batch_size))
-                self._backlog = deque(r for r in self._backlog if self._keep(r))
-                if not self._backlog and self.database.available():
-                    self._backlog.extend(self._replay_one())
-                batch = list(itertools.islice(self._backlog, self._batch_size))
-            self._gauge.set(self.pending)
-            if not batch:
-                if stopping:
-                    return
-                self._wait_for_work()
-                continue
-            try:
-                written, waiting = self._write(batch)
-            except TRANSIENT as e:  # the database is away: keep everything, retry
-                self.database.failed(e)
-                written, waiting = [], True
-            except SQLAlchemyError as e:  # a record the database refuses: set it aside
-                written, waiting = self._write_one_by_one(batch, e), False
-            else:
-                self.database.succeeded()
-            with self._lock:
-                done = {id(r) for r in written}
-                self._backlog = deque(r for r in self._backlog if id(r) not in done)
-                if waiting:
+                batch = list(itertools.islice(self._rows, self._batch_size))
+            if batch:
+                with self._writing:
+                    written, db_waiting = self._write(batch)
+                with self._lock:
+                    done = {id(r) for r in written}
+                    self._rows = deque(r for r in self._rows if id(r) not in done)
+                waiting = waiting or db_waiting
+            if waiting:
+                with self._lock:
                     self._overflow()
             self._gauge.set(self.pending)
+            if stopping and (waiting or not batch):
+                return
             if waiting:
-                if stopping:
-                    return
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             else:
                 backoff = self._interval
+                if not batch:
+                    self._wait_for_work()
+
+    def _take(self) -> None:
+        """Queue (and, while the database keeps up, spool) into the two backlogs."""
+        with self._lock:
+            taken = self._drain(self._batch_size)
+            if len(self._rows) < self._batch_size and self.database.available():
+                taken.extend(self._replay_one())
+            for record in taken:
+                self._sort(record)
+
+    def _sort(self, record: Record) -> None:
+        if not self._keep(record):
+            return
+        if isinstance(record, ImageRecord) and record.data is not None:
+            self._uploads.append(record)
+        else:
+            self._rows.append(record)
+
+    def _upload(self) -> bool:
+        """Store waiting images' objects; each done one moves to the rows. True while some
+        still wait for the store (their rows stay out: no row points at a missing object)."""
+        while True:
+            with self._lock:
+                if not self._uploads:
+                    return False
+                record = self._uploads[0]
+            if not self._store.dependency.available():
+                return True
+            try:
+                self._store.put(record.sha256, record.data or b"", content_type=record.content_type)
+            except errors.StorageUnavailable:
+                return True
+            except Exception as e:  # refused for good (bad hash, ...): set it aside
+                self._reject([record], e)
+                with self._lock:
+                    self._uploads.popleft()
+                continue
+            with self._lock:
+                self._uploads.popleft()
+                if self._keep(record):
+                    record.data = None
+                    self._rows.append(record)
 
     def _wait_for_work(self) -> None:
         try:
@@ -180,7 +220,7 @@ class Recorder:
         except queue.Empty:
             return
         with self._lock:
-            self._backlog.append(item)
+            self._sort(item)
 
     def _drain(self, limit: int | None) -> list[Record]:
         items: list[Record] = []
@@ -196,22 +236,39 @@ class Recorder:
         return forgotten is None or record.created_at > forgotten
 
     def _write(self, batch: list[Record]) -> tuple[list[Record], bool]:
-        """Upload what must be uploaded, then insert the rows in one transaction. Returns
-        the records written, and whether some wait for the object store: an image whose
-        upload fails keeps its row out, so no row ever points at a missing object."""
-        ready: list[Record] = []
-        waiting = False
+        """Insert the rows in one transaction. Returns the records done with (written, or
+        set aside when the database refuses them) and whether the database is away."""
+        dropped = [r for r in batch if not self._keep(r)]  # forgotten meanwhile
+        batch = [r for r in batch if self._keep(r)]
+        try:
+            self._insert(batch)
+        except TRANSIENT as e:
+            self.database.failed(e)
+            return dropped, True
+        except Exception as e:  # a record the database refuses: find it, set it aside
+            log.error("the database refused a batch (%s); writing it record by record", e)
+            done, away = self._write_one_by_one(batch)
+            return done + dropped, away
+        self.database.succeeded()
+        return batch + dropped, False
+
+    def _write_one_by_one(self, batch: list[Record]) -> tuple[list[Record], bool]:
+        done: list[Record] = []
+        refused: list[Record] = []
+        away = False
         for record in batch:
-            if isinstance(record, ImageRecord) and record.data is not None:
-                try:
-                    self._store.put(record.sha256, record.data, content_type=record.content_type)
-                except errors.StorageUnavailable:
-                    waiting = True
-                    continue
-                record.data = None
-            ready.append(record)
-        self._insert(ready)
-        return ready, waiting
+            try:
+                self._insert([record])
+            except TRANSIENT as e:
+                self.database.failed(e)
+                away = True
+                break
+            except Exception as e:
+                log.error("record of image %s refused by the database: %s", record.sha256, e)
+                refused.append(record)
+            done.append(record)
+        self._reject(refused, None)
+        return done, away
 
     def _insert(self, records: list[Record]) -> None:
         images = [_row(r, Image) for r in records if isinstance(r, ImageRecord)]
@@ -225,31 +282,23 @@ class Recorder:
         self._written.labels("image").inc(len(images))
         self._written.labels("prediction").inc(len(predictions))
 
-    def _write_one_by_one(self, batch: list[Record], error: SQLAlchemyError) -> list[Record]:
-        """A batch the database refused: write each record alone; set aside (never drop)
-        the ones it still refuses, under spool/rejected/, and say so in the log."""
-        log.error("the database refused a batch (%s); writing it record by record", error)
-        rejected = []
-        for record in batch:
-            try:
-                self._insert([record])
-            except TRANSIENT as e:
-                self.database.failed(e)
-                return batch[: batch.index(record)]
-            except SQLAlchemyError as e:
-                log.error("record %s refused by the database: %s", record.sha256, e)
-                rejected.append(record)
-        if rejected:
-            path = self._rejected / f"{time.time_ns():020d}.jsonl"
-            path.write_text("".join(json.dumps(encode(r)) + "\n" for r in rejected))
-        return batch
+    def _reject(self, records: list[Record], error: Exception | None) -> None:
+        """Set records aside under spool/rejected/ for an operator: never dropped."""
+        if not records:
+            return
+        if error is not None:
+            log.error("%d records set aside in %s: %s", len(records), self._rejected, error)
+        path = self._rejected / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        write_spool(path, records)
 
     # --- spool ------------------------------------------------------------------------------
     def _overflow(self) -> None:
         """Keep at most a queue's worth of records in memory while a dependency is down."""
-        while len(self._backlog) > self._queue_size:
-            chunk = [self._backlog.pop() for _ in range(min(self._batch_size, len(self._backlog)))]
-            self._write_spool(list(reversed(chunk)))
+        for held in (self._rows, self._uploads):
+            while len(held) > self._queue_size:
+                count = min(self._batch_size, len(held) - self._queue_size)
+                chunk: list[Record] = [held.pop() for _ in range(count)]
+                self._write_spool(list(reversed(chunk)))
 
     def _write_spool(self, records: list[Record]) -> None:
         path = self._spool / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"

@@ -22,6 +22,7 @@ from imageiq.storage import ObjectStore
 
 _AGE = re.compile(r"^(\d{1,6})([dhw])$")
 _UNITS = {"h": "hours", "d": "days", "w": "weeks"}
+_LONGEST = timedelta(days=36525)
 
 
 def parse_age(text: str) -> timedelta:
@@ -31,7 +32,10 @@ def parse_age(text: str) -> timedelta:
         raise errors.ConfigurationError(
             f"Invalid age {text!r}. Write a number and a unit: h (hours), d (days), w (weeks)."
         )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    age = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if age > _LONGEST:
+        raise errors.ConfigurationError(f"Invalid age {text!r}: at most 100 years.")
+    return age
 
 
 @dataclass

@@ -15,10 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 
 def free_port() -> int:
@@ -114,7 +117,7 @@ class MotoServer:
             region_name="us-east-1",
         )
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         listed = self.client().list_objects_v2(Bucket=self.bucket)
         return [o["Key"] for o in listed.get("Contents", [])]
 
@@ -183,3 +186,55 @@ class PostgresServer:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Stack:
+    """PostgreSQL, Redis and moto together, and the service settings that point at them."""
+
+    def __init__(self) -> None:
+        self.postgres, self.redis, self.s3 = PostgresServer(), RedisServer(), MotoServer()
+        self._engine: Any = None
+
+    def start(self) -> None:
+        self.postgres.start()
+        self.redis.start()
+        self.s3.start()
+
+    def stop(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self.s3.stop()
+        self.redis.stop()
+        self.postgres.destroy()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "IMAGEIQ_DATABASE_URL": self.postgres.url,
+            "IMAGEIQ_REDIS_URL": self.redis.url,
+            "IMAGEIQ_S3_BUCKET": self.s3.bucket,
+            "IMAGEIQ_S3_ENDPOINT_URL": self.s3.url,
+            "IMAGEIQ_RECORD_FLUSH_INTERVAL_S": "0.05",
+            "IMAGEIQ_AUTH_CACHE_TTL_S": "0.5",
+            "IMAGEIQ_RATE_LIMIT_BURST": "5",  # for keys with a limit of their own
+            "IMAGEIQ_PRECISION": "fp32",
+            **MotoServer.env,
+        }
+
+    def session(self) -> Session:
+        if self._engine is None:
+            from imageiq.db.engine import make_engine
+
+            self._engine = make_engine(self.postgres.url)
+        return Session(self._engine)
+
+    def count(self, table: type, *where: object) -> int:
+        with self.session() as session:
+            return int(session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -345,6 +345,8 @@ def server(
         "IMAGEIQ_MAX_BATCH_SIZE": "8",
         "IMAGEIQ_MAX_BATCH_IMAGES": "8",
         "IMAGEIQ_MAX_BATCH_REQUEST_BYTES": str(4 * 1024 * 1024),
+        # Every request runs the model (the cache has tests of its own).
+        "IMAGEIQ_CACHE_TTL_S": "0",
     }
     with running_server(digits_model, log, env) as running:
         yield running

@@ -57,7 +57,7 @@ def make_engine(url: str, *, timeout_s: float = 3.0) -> Engine:
     connect_args = {
         "connect_timeout": max(1, math.ceil(timeout_s)),
         # A statement stuck behind a lock must not hold a request or the writer forever.
-        "options": "-c statement_timeout=30000 -c lock_timeout=10000",
+        "options": "-c statement_timeout=30000 -c lock_timeout=10000 -c timezone=UTC",
     }
     return create_engine(
         parsed,

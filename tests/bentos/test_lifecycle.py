@@ -18,7 +18,7 @@ from imageiq.architectures import build_model
 from imageiq.preprocessing import PreprocessConfig
 from imageiq.registry import WEIGHTS_FILE, ModelCard, RegisteredModel, register_model
 from tests.bentos.test_service import assert_error, classify
-from tests.conftest import running_server
+from tests.conftest import Server, running_server
 from tests.imageiq.images_helpers import encode, photo
 
 pytestmark = pytest.mark.slow
@@ -32,8 +32,8 @@ def wait_for(check: Callable[[], bool], *, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def models(url: str) -> dict:
-    return httpx.get(f"{url}/v1/models").json()
+def models(server: Server) -> dict:
+    return server.get("/v1/models").json()
 
 
 def test_config_file_reload_switches_models_without_a_restart(
@@ -48,20 +48,20 @@ def test_config_file_reload_switches_models_without_a_restart(
     with running_server(digits_model, tmp_path / "server.log", env) as server:
         files = {"image": ("a.png", encode(photo(), "PNG"))}
         pids = sorted(server.worker_pids())
-        assert models(server.url)["active"] == digits_model.tag
+        assert models(server)["active"] == digits_model.tag
 
         # 1. switch the active version
         config.write_text(
             f"models: [{digits_model.tag}, {newer_model.tag}]\nactive_model: {newer_model.tag}\n"
         )
-        wait_for(lambda: models(server.url)["active"] == newer_model.tag)
+        wait_for(lambda: models(server)["active"] == newer_model.tag)
         assert classify(server, files).json()["model"]["version"] == newer_model.version
-        assert models(server.url)["last_reload"]["status"] == "ok"
+        assert models(server)["last_reload"]["status"] == "ok"
 
         # 2. load a model that was not served, retire one that was
         config.write_text(f"models: [{species_model.name}, {newer_model.tag}]\n")
-        wait_for(lambda: models(server.url)["active"] == species_model.tag)
-        body = models(server.url)
+        wait_for(lambda: models(server)["active"] == species_model.tag)
+        body = models(server)
         assert [m["name"] for m in body["models"]] == ["species", newer_model.name]
         assert body["ready"] is True
         assert server.get("/readyz").status_code == 200
@@ -70,8 +70,8 @@ def test_config_file_reload_switches_models_without_a_restart(
 
         # 3. a config naming a missing model, then an invalid one: the current set stays
         config.write_text("models: [imageiq-classifier:doesnotexist]\n")
-        wait_for(lambda: (models(server.url)["last_reload"] or {}).get("status") == "failed")
-        assert models(server.url)["active"] == species_model.tag
+        wait_for(lambda: (models(server)["last_reload"] or {}).get("status") == "failed")
+        assert models(server)["active"] == species_model.tag
         config.write_text("models: [Not A Tag]\n")
         wait_for(lambda: "is invalid, keeping the current settings" in server.log.read_text())
         assert classify(server, files).json()["model"]["name"] == "species"
@@ -95,8 +95,8 @@ def test_a_model_that_fails_to_load_fails_readiness_not_liveness(
     Path(broken.path, WEIGHTS_FILE).write_bytes(b"not a checkpoint")
     env = {"IMAGEIQ_MODELS": f"{broken.tag},imageiq-classifier:doesnotexist,{digits_model.tag}"}
     with running_server(digits_model, tmp_path / "server.log", env, wait_ready=False) as server:
-        wait_for(lambda: all(m["state"] != "loading" for m in models(server.url)["models"]))
-        body = models(server.url)
+        wait_for(lambda: all(m["state"] != "loading" for m in models(server)["models"]))
+        body = models(server)
         assert body["ready"] is False
         assert body["models"][0]["state"] == "failed" and body["models"][0]["error"]
         assert "imageiq-classifier:doesnotexist" in body["unavailable"]

@@ -180,7 +180,13 @@ def test_client_request_id_is_echoed(server: Server) -> None:
 def test_served_agrees_with_offline_under_concurrency(server: Server, digits_dir: Path) -> None:
     """Train/serve parity through the real batching path, 8 clients at once."""
     report = check_parity(
-        url=server.url, data=digits_dir, model=None, limit=400, concurrency=8, max_pixels=10**8
+        url=server.url,
+        data=digits_dir,
+        model=None,
+        limit=400,
+        concurrency=8,
+        max_pixels=10**8,
+        api_key=server.key,
     )
     assert report.model == server.model.tag
     assert report.images == 400

@@ -201,7 +201,7 @@ def test_s3_round_trip(aws_env: None, moto: MotoServer, tmp_path: Path) -> None:
     store.check()
     key = store.put(SHA, DATA, content_type="image/png")
     assert key == store.key_for(SHA) == f"images/{SHA}"
-    stored = moto.keys()
+    stored = moto.object_keys()
     assert key in stored
     head = moto.client().head_object(Bucket=moto.bucket, Key=key)
     assert head["ContentType"] == "image/png"
@@ -209,7 +209,7 @@ def test_s3_round_trip(aws_env: None, moto: MotoServer, tmp_path: Path) -> None:
     assert store.get(key) == DATA
     assert store.exists(key)
     assert store.put(SHA, DATA, content_type="image/png") == key  # idempotent
-    assert moto.keys().count(key) == 1
+    assert moto.object_keys().count(key) == 1
     store.delete(key)
     assert not store.exists(key)
     with pytest.raises(ImageNotFound):
@@ -232,7 +232,7 @@ def test_s3_refuses_bad_names_and_foreign_keys(
         for operation in (store.get, store.exists, store.delete):
             with pytest.raises(ValueError, match="not a key of this store"):
                 operation(key)
-    stored = moto.keys()
+    stored = moto.object_keys()
     assert not any(SHA in k or OTHER in k for k in stored)
 
 
@@ -288,7 +288,7 @@ def test_s3_outage_and_recovery(aws_env: None, tmp_path: Path) -> None:
         key = store.put(SHA, DATA, content_type="image/png")
         assert store.dependency.up
         assert store.dependency.describe()["state"] == "up"
-        assert server.keys() == [key]
+        assert server.object_keys() == [key]
         assert store.get(key) == DATA
     finally:
         server.stop()

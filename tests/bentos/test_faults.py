@@ -1,0 +1,181 @@
+"""Fault tests: Redis stopped, S3 unavailable, PostgreSQL restarted, the service stopped
+while the database is down. Classification keeps answering 200 throughout, and afterwards
+every accepted prediction is in PostgreSQL: counted, not sampled."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from imageiq.db.schema import Image, Prediction
+from imageiq.registry import RegisteredModel
+from tests.backends import Stack, wait_for
+from tests.conftest import Server, running_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    running = Stack()
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def images(digits_dir: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(digits_dir.glob("*/*.png"))]
+
+
+@pytest.fixture(scope="module")
+def env(
+    stack: Stack, digits_model: RegisteredModel, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    data = tmp_path_factory.mktemp("faults-data")
+    return {**stack.env(), "IMAGEIQ_MODELS": digits_model.tag, "IMAGEIQ_DATA_DIR": str(data)}
+
+
+@pytest.fixture(scope="module")
+def served(
+    env: dict[str, str], digits_model: RegisteredModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("faults") / "server.log"
+    with running_server(digits_model, log, env) as server:
+        yield server
+
+
+class Client:
+    """Sends classify requests and counts the accepted ones (each is one prediction)."""
+
+    def __init__(self, server: Server, images: list[bytes]) -> None:
+        self.server, self.images = server, images
+        self.next = 0
+        self.accepted = 0
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+
+    def classify(self, *, store: bool = False, fresh: bool = True) -> dict:
+        with self.lock:
+            i = self.next if fresh else 0
+            self.next += 1 if fresh else 0
+        data = self.images[i % len(self.images)]
+        fields = {"store": "true"} if store else {}
+        resp = self.server.post("/v1/classify", files={"image": ("d.png", data)}, data=fields)
+        with self.lock:
+            if resp.status_code == 200:
+                self.accepted += 1
+            else:
+                self.failures.append(f"{resp.status_code} {resp.text[:200]}")
+        return resp.json() if resp.status_code == 200 else {}
+
+    def run_for(self, seconds: float, threads: int = 3, **options: bool) -> None:
+        deadline = time.monotonic() + seconds
+
+        def loop() -> None:
+            while time.monotonic() < deadline:
+                self.classify(**options)
+
+        workers = [threading.Thread(target=loop) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+
+def dependency(server: Server, name: str) -> str:
+    return str(server.get("/readyz", auth=False).json()["dependencies"][name]["state"])
+
+
+def test_redis_stopped_mid_run(served: Server, stack: Stack, images: list[bytes]) -> None:
+    client = Client(served, images)
+    before = stack.count(Prediction)
+    client.run_for(1.0)
+    stack.redis.stop()
+    client.run_for(3.0)
+    assert served.get("/readyz", auth=False).status_code == 200
+    assert dependency(served, "redis") == "down"
+    metrics = served.get("/metrics", auth=False).text
+    assert 'imageiq_dependency_up{backend="redis",dependency="redis"} 0.0' in metrics
+    repeated = client.classify(fresh=False)
+    assert client.classify(fresh=False)["cached"] is False  # no cache while Redis is down
+    stack.redis.start()
+    time.sleep(2.5)  # the cool-down, then a request probes Redis again
+    client.classify(fresh=False)
+    wait_for(lambda: dependency(served, "redis") == "up", what="redis back")
+    assert client.classify(fresh=False)["cached"] is True
+    assert client.failures == [] and repeated
+    wait_for(lambda: stack.count(Prediction) == before + client.accepted, what="every prediction")
+    assert served.log.read_text().count("redis (redis) is down") == 1  # logged once
+
+
+def test_s3_unavailable(served: Server, stack: Stack, images: list[bytes]) -> None:
+    client = Client(served, images)
+    client.next = 500
+    stack.s3.stop()
+    answers = [client.classify(store=True) for _ in range(8)]
+    assert client.failures == []
+    assert [a["image"]["stored"] for a in answers] == [False] * 8
+    assert dependency(served, "storage") == "down"
+    shas = {a["image"]["id"] for a in answers}
+    assert stack.count(Image, Image.sha256.in_(shas)) == 0  # no row without its object
+    stack.s3.start()  # a fresh moto: the bucket is empty again
+    wait_for(lambda: stack.count(Image, Image.sha256.in_(shas)) == len(shas), 30, "rows")
+    assert {f"images/{sha}" for sha in shas} <= set(stack.s3.object_keys())
+    assert dependency(served, "storage") == "up"
+
+
+def test_postgres_restarted_mid_run(served: Server, stack: Stack, images: list[bytes]) -> None:
+    client = Client(served, images)
+    client.next = 900
+    before = stack.count(Prediction)
+    stored: list[str] = []
+    restart = threading.Thread(target=lambda: (time.sleep(1.0), stack.postgres.stop()))
+    restart.start()
+    client.run_for(3.0)
+    restart.join()
+    stored = [client.classify(store=True)["image"]["id"] for _ in range(5)]
+    assert dependency(served, "database") == "down"
+    assert served.get("/readyz", auth=False).status_code == 200
+    pending = served.get("/readyz", auth=False).json()["dependencies"]["records_pending"]
+    assert pending > 0
+    client.run_for(1.0)
+    stack.postgres.start()
+    assert client.failures == []
+    wait_for(lambda: stack.count(Prediction) == before + client.accepted, 30, "every prediction")
+    with stack.session() as session:
+        found = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(stored))))
+    assert found == set(stored)
+    wait_for(lambda: dependency(served, "database") == "up", what="database up")
+
+
+def test_records_survive_a_shutdown_while_postgres_is_down(
+    env: dict[str, str],
+    stack: Stack,
+    images: list[bytes],
+    digits_model: RegisteredModel,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    before = stack.count(Prediction)
+    log = tmp_path_factory.mktemp("shutdown") / "server.log"
+    with running_server(digits_model, log, env) as server:
+        client = Client(server, images)
+        stack.postgres.stop()
+        client.run_for(1.5)
+        assert client.failures == [] and client.accepted > 0
+        server.proc.send_signal(signal.SIGTERM)  # graceful: the buffer goes to the spool
+        server.proc.wait(timeout=60)
+    stack.postgres.start()
+    assert stack.count(Prediction) == before
+    log2 = tmp_path_factory.mktemp("restart") / "server.log"
+    with running_server(digits_model, log2, env):  # replays the spool at start
+        wait_for(
+            lambda: stack.count(Prediction) == before + client.accepted, 30, "replayed records"
+        )
+    assert "spooled" in log.read_text()

@@ -1,0 +1,614 @@
+"""The catalog (stored images, predictions, labels, models, stats) against both databases:
+a migrated SQLite file and a private PostgreSQL cluster whose sessions run in a time zone far
+from UTC (UTC+14), so that nothing passes by the accident of a UTC server."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+from imageiq import catalog, errors
+from imageiq.catalog import ImageFilter
+from imageiq.db.engine import make_engine, upgrade
+from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction
+from tests.backends import PostgresServer
+
+T0 = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
+TABLES = "images, predictions, labels, models, api_keys, audit_log"
+HOSTILE = [
+    "' OR 1=1 --",
+    "'; DROP TABLE images; --",
+    '" OR ""="',
+    "cat' OR 'a'='a",
+    "%",
+    "_",
+    "*",
+    "../../etc/passwd",
+    "..\\..\\windows\\system32",
+    "/etc/passwd",
+    "file:///etc/passwd",
+    "é" * 5000,
+    "🐈‍⬛" * 2000,
+    "\u202e\u200b\ufeff",
+    "cat\n",
+    " cat",
+    "CAT",
+    "$1",
+    "?",
+    ":label",
+    "%(label)s",
+]
+
+
+def sha(n: int) -> str:
+    return hashlib.sha256(f"image {n}".encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def postgres_engine() -> Iterator[Engine]:
+    server = PostgresServer()
+    try:
+        server.start()
+        setup = make_engine(server.url)
+        with setup.begin() as connection:
+            connection.execute(text("ALTER DATABASE postgres SET timezone TO 'Pacific/Kiritimati'"))
+        setup.dispose()
+        engine = make_engine(server.url)
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated, empty database of each kind."""
+    if request.param == "postgresql":
+        engine: Engine = request.getfixturevalue("postgres_engine")
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        yield engine
+        return
+    engine = make_engine(f"sqlite:///{tmp_path / 'imageiq.db'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def add_image(engine: Engine, n: int, *, at: datetime, uploaded_by: str | None = None) -> str:
+    digest = sha(n)
+    row = {
+        "sha256": digest,
+        "storage_key": f"{digest[:2]}/{digest}",
+        "content_type": "image/png",
+        "bytes": 100 + n,
+        "width": 10 + n,
+        "height": 20 + n,
+        "uploaded_by": uploaded_by,
+        "created_at": at,
+    }
+    catalog.insert_ignore(engine, Image, [row])
+    return digest
+
+
+def add_prediction(
+    engine: Engine,
+    image: str,
+    *,
+    label: str,
+    score: float,
+    at: datetime,
+    model: tuple[str, str] = ("digits", "v1"),
+    cached: bool = False,
+) -> uuid.UUID:
+    pid = uuid.uuid4()
+    row = {
+        "id": pid,
+        "image_sha256": image,
+        "model_name": model[0],
+        "model_version": model[1],
+        "label": label,
+        "score": score,
+        "top_k": [{"label": label, "score": score}],
+        "attributes": {},
+        "latency_ms": 3.5,
+        "cached": cached,
+        "api_key_id": None,
+        "request_id": None,
+        "created_at": at,
+    }
+    catalog.insert_ignore(engine, Prediction, [row])
+    return pid
+
+
+def add_label_row(
+    engine: Engine, image: str, *, label: str | None, at: datetime, source: str = "user"
+) -> None:
+    row = {
+        "image_sha256": image,
+        "label": label,
+        "attributes": {},
+        "source": source,
+        "created_by": None,
+        "created_at": at,
+    }
+    catalog.insert_ignore(engine, Label, [row])
+
+
+@pytest.fixture
+def gallery(engine: Engine) -> dict[str, str]:
+    """Three stored images a day apart, with predictions and labels; one prediction of an
+    image that was never stored."""
+    cat = add_image(engine, 1, at=T0 - timedelta(days=2), uploaded_by="k1")
+    dog = add_image(engine, 2, at=T0 - timedelta(days=1), uploaded_by="k2")
+    bird = add_image(engine, 3, at=T0)
+    add_prediction(engine, cat, label="cat", score=0.95, at=T0 - timedelta(days=2))
+    add_prediction(
+        engine,
+        cat,
+        label="dog",
+        score=0.40,
+        at=T0 - timedelta(days=2, minutes=-5),
+        model=("digits", "v2"),
+    )
+    add_prediction(engine, dog, label="dog", score=0.70, at=T0 - timedelta(days=1))
+    add_prediction(
+        engine, bird, label="bird", score=0.20, at=T0, model=("species", "1"), cached=True
+    )
+    add_prediction(engine, sha(99), label="cat", score=0.99, at=T0)  # not stored
+    add_label_row(engine, cat, label="cat", at=T0 - timedelta(days=2))
+    add_label_row(engine, dog, label="wolf", at=T0 - timedelta(hours=20), source="admin")
+    add_label_row(engine, dog, label="dog", at=T0 - timedelta(hours=10), source="admin")
+    return {"cat": cat, "dog": dog, "bird": bird}
+
+
+def ids(engine: Engine, where: ImageFilter, *, limit: int = 50, offset: int = 0) -> list[str]:
+    found, total = catalog.list_images(engine, where, limit=limit, offset=offset)
+    assert total >= len(found)
+    return [image["id"] for image in found]
+
+
+# --- list_images -------------------------------------------------------------------------------
+def test_list_images_newest_first_with_latest_prediction_and_label(
+    engine: Engine, gallery: dict[str, str]
+) -> None:
+    found, total = catalog.list_images(engine, ImageFilter(), limit=10, offset=0)
+    assert total == 3
+    assert [i["id"] for i in found] == [gallery["bird"], gallery["dog"], gallery["cat"]]
+    cat = found[2]
+    assert (cat["content_type"], cat["bytes"], cat["width"], cat["height"]) == (
+        "image/png",
+        101,
+        11,
+        21,
+    )
+    assert cat["uploaded_by"] == "k1"
+    assert cat["created_at"] == T0 - timedelta(days=2)
+    assert cat["created_at"].tzinfo is not None
+    # cat's latest prediction is the v2 one, five minutes after the first
+    assert cat["prediction"]["model"] == {"name": "digits", "version": "v2"}
+    assert (cat["prediction"]["label"], cat["prediction"]["score"]) == ("dog", 0.40)
+    assert cat["label"]["label"] == "cat"
+    assert found[1]["label"]["label"] == "dog"  # the later of wolf and dog
+    assert found[1]["label"]["source"] == "admin"
+    assert found[0]["label"] is None
+    assert found[0]["prediction"]["cached"] is True
+
+
+def test_list_images_pages(engine: Engine) -> None:
+    made = [add_image(engine, n, at=T0 + timedelta(minutes=n)) for n in range(7)]
+    newest_first = list(reversed(made))
+    pages = []
+    for offset in range(0, 9, 3):
+        found, total = catalog.list_images(engine, ImageFilter(), limit=3, offset=offset)
+        assert total == 7
+        pages.append([i["id"] for i in found])
+    assert pages == [newest_first[0:3], newest_first[3:6], newest_first[6:7]]
+    found, total = catalog.list_images(engine, ImageFilter(), limit=3, offset=100)
+    assert (found, total) == ([], 7)
+    assert ids(engine, ImageFilter(), limit=0) == []
+
+
+def test_list_images_pages_filtered_results_with_their_own_total(
+    engine: Engine, gallery: dict[str, str]
+) -> None:
+    where = ImageFilter(predicted_label="dog")
+    found, total = catalog.list_images(engine, where, limit=1, offset=0)
+    assert total == 2 and [i["id"] for i in found] == [gallery["dog"]]
+    found, total = catalog.list_images(engine, where, limit=1, offset=1)
+    assert total == 2 and [i["id"] for i in found] == [gallery["cat"]]
+
+
+def test_filter_by_given_label(engine: Engine, gallery: dict[str, str]) -> None:
+    assert ids(engine, ImageFilter(label="cat")) == [gallery["cat"]]
+    # Any label the image was given, not only the latest.
+    assert ids(engine, ImageFilter(label="wolf")) == [gallery["dog"]]
+    assert ids(engine, ImageFilter(label="dog")) == [gallery["dog"]]
+    assert ids(engine, ImageFilter(label="bird")) == []
+
+
+def test_filter_by_predicted_label(engine: Engine, gallery: dict[str, str]) -> None:
+    assert ids(engine, ImageFilter(predicted_label="dog")) == [gallery["dog"], gallery["cat"]]
+    assert ids(engine, ImageFilter(predicted_label="bird")) == [gallery["bird"]]
+    assert ids(engine, ImageFilter(predicted_label="cat")) == [gallery["cat"]]  # not sha(99)
+    assert ids(engine, ImageFilter(predicted_label="horse")) == []
+
+
+def test_filter_by_confidence(engine: Engine, gallery: dict[str, str]) -> None:
+    assert ids(engine, ImageFilter(min_confidence=0.9)) == [gallery["cat"]]
+    assert ids(engine, ImageFilter(max_confidence=0.3)) == [gallery["bird"]]
+    assert ids(engine, ImageFilter(min_confidence=0.5, max_confidence=0.8)) == [gallery["dog"]]
+    # Both ends are inclusive.
+    assert ids(engine, ImageFilter(min_confidence=0.7, max_confidence=0.7)) == [gallery["dog"]]
+    assert ids(engine, ImageFilter(min_confidence=0.96)) == []
+    assert ids(engine, ImageFilter(min_confidence=0.8, max_confidence=0.5)) == []
+
+
+def test_prediction_conditions_hold_for_one_and_the_same_prediction(
+    engine: Engine, gallery: dict[str, str]
+) -> None:
+    # cat was predicted "cat" at 0.95 (v1) and "dog" at 0.40 (v2): never "dog" at 0.9+.
+    assert ids(engine, ImageFilter(predicted_label="dog", min_confidence=0.9)) == []
+    assert ids(engine, ImageFilter(predicted_label="dog", max_confidence=0.5)) == [gallery["cat"]]
+    assert ids(engine, ImageFilter(predicted_label="cat", model_version="v2")) == []
+    assert ids(engine, ImageFilter(predicted_label="dog", model_version="v2")) == [gallery["cat"]]
+
+
+def test_filter_by_model(engine: Engine, gallery: dict[str, str]) -> None:
+    assert ids(engine, ImageFilter(model_name="digits")) == [gallery["dog"], gallery["cat"]]
+    assert ids(engine, ImageFilter(model_name="species")) == [gallery["bird"]]
+    assert ids(engine, ImageFilter(model_version="v2")) == [gallery["cat"]]
+    assert ids(engine, ImageFilter(model_name="digits", model_version="v1")) == [
+        gallery["dog"],
+        gallery["cat"],
+    ]
+    assert ids(engine, ImageFilter(model_name="species", model_version="v1")) == []
+
+
+def test_filter_by_creation_time(engine: Engine, gallery: dict[str, str]) -> None:
+    assert ids(engine, ImageFilter(created_after=T0 - timedelta(days=1))) == [
+        gallery["bird"],
+        gallery["dog"],
+    ]  # inclusive
+    assert ids(engine, ImageFilter(created_before=T0 - timedelta(days=1))) == [
+        gallery["cat"]
+    ]  # exclusive
+    window = ImageFilter(created_after=T0 - timedelta(days=1, hours=1), created_before=T0)
+    assert ids(engine, window) == [gallery["dog"]]
+    # The same instants written in another zone, and naive (taken as UTC).
+    tokyo = timezone(timedelta(hours=9))
+    assert ids(engine, ImageFilter(created_after=T0.astimezone(tokyo))) == [gallery["bird"]]
+    assert ids(engine, ImageFilter(created_after=T0.replace(tzinfo=None))) == [gallery["bird"]]
+    assert ids(engine, ImageFilter(created_after=T0 + timedelta(seconds=1))) == []
+
+
+def test_filters_combine(engine: Engine, gallery: dict[str, str]) -> None:
+    where = ImageFilter(
+        label="dog",
+        predicted_label="dog",
+        min_confidence=0.5,
+        model_name="digits",
+        model_version="v1",
+        created_after=T0 - timedelta(days=3),
+        created_before=T0,
+    )
+    assert ids(engine, where) == [gallery["dog"]]
+    assert ids(engine, ImageFilter(label="cat", predicted_label="bird")) == []
+
+
+@pytest.mark.parametrize("field", ["label", "predicted_label", "model_name", "model_version"])
+def test_hostile_strings_in_filters_find_nothing(
+    engine: Engine, gallery: dict[str, str], field: str
+) -> None:
+    for hostile in HOSTILE:
+        found, total = catalog.list_images(
+            engine, ImageFilter(**{field: hostile}), limit=10, offset=0
+        )
+        assert (found, total) == ([], 0), hostile
+    assert ids(engine, ImageFilter()) == [gallery["bird"], gallery["dog"], gallery["cat"]]
+
+
+def test_hostile_ids_are_not_found(engine: Engine, gallery: dict[str, str]) -> None:
+    for hostile in HOSTILE:
+        with pytest.raises(errors.ImageNotFound):
+            catalog.get_image(engine, hostile)
+        with pytest.raises(errors.ImageNotFound):
+            catalog.add_label(
+                engine, hostile, label="cat", attributes={}, source="user", created_by=None
+            )
+        assert catalog.find_image(engine, hostile) is None
+        assert catalog.delete_image_rows(engine, hostile) == {
+            "labels": 0,
+            "predictions": 0,
+            "images": 0,
+        }
+    assert len(ids(engine, ImageFilter())) == 3
+
+
+def test_extreme_numbers_and_times_in_filters(engine: Engine, gallery: dict[str, str]) -> None:
+    everything = [gallery["bird"], gallery["dog"], gallery["cat"]]
+    assert ids(engine, ImageFilter(min_confidence=float("-inf"))) == everything
+    assert ids(engine, ImageFilter(min_confidence=float("inf"))) == []
+    assert ids(engine, ImageFilter(max_confidence=-1e308)) == []
+    far_past = datetime(1, 1, 2, tzinfo=timezone.utc)
+    far_future = datetime(9999, 12, 30, tzinfo=timezone.utc)
+    assert ids(engine, ImageFilter(created_after=far_past, created_before=far_future)) == everything
+    assert ids(engine, ImageFilter(created_after=far_future)) == []
+
+
+# --- one image ---------------------------------------------------------------------------------
+def test_get_image(engine: Engine, gallery: dict[str, str]) -> None:
+    cat = catalog.get_image(engine, gallery["cat"])
+    assert cat["id"] == gallery["cat"]
+    assert [p["model"]["version"] for p in cat["predictions"]] == ["v2", "v1"]  # newest first
+    assert cat["prediction"] == cat["predictions"][0]
+    assert [label["label"] for label in cat["labels"]] == ["cat"]
+    dog = catalog.get_image(engine, gallery["dog"])
+    assert [label["label"] for label in dog["labels"]] == ["dog", "wolf"]
+    with pytest.raises(errors.ImageNotFound) as missing:
+        catalog.get_image(engine, sha(99))  # predicted, never stored
+    assert missing.value.status == 404
+
+
+def test_add_label(engine: Engine, gallery: dict[str, str]) -> None:
+    out = catalog.add_label(
+        engine,
+        gallery["bird"],
+        label="sparrow",
+        attributes={"shiny": "yes"},
+        source="user",
+        created_by="k1",
+    )
+    assert out["id"] is not None
+    assert (out["label"], out["attributes"], out["source"], out["created_by"]) == (
+        "sparrow",
+        {"shiny": "yes"},
+        "user",
+        "k1",
+    )
+    assert out["created_at"] is not None
+    catalog.add_label(
+        engine, gallery["bird"], label=None, attributes={}, source="model", created_by=None
+    )
+    labels = catalog.get_image(engine, gallery["bird"])["labels"]
+    assert {label["label"] for label in labels} == {"sparrow", None}
+    assert ids(engine, ImageFilter(label="sparrow")) == [gallery["bird"]]
+
+
+def test_add_label_to_an_image_not_stored(engine: Engine, gallery: dict[str, str]) -> None:
+    with pytest.raises(errors.ImageNotFound, match="store=true"):
+        catalog.add_label(
+            engine, sha(99), label="cat", attributes={}, source="user", created_by=None
+        )
+    with engine.connect() as connection:
+        assert connection.scalar(select(Label.id).where(Label.image_sha256 == sha(99))) is None
+
+
+def test_delete_image_rows(engine: Engine, gallery: dict[str, str]) -> None:
+    assert catalog.delete_image_rows(engine, gallery["dog"]) == {
+        "labels": 2,
+        "predictions": 1,
+        "images": 1,
+    }
+    with pytest.raises(errors.ImageNotFound):
+        catalog.get_image(engine, gallery["dog"])
+    assert catalog.find_image(engine, gallery["dog"]) is None
+    with engine.connect() as connection:
+        assert (
+            connection.scalar(select(Label.id).where(Label.image_sha256 == gallery["dog"])) is None
+        )
+        assert (
+            connection.scalar(
+                select(Prediction.id).where(Prediction.image_sha256 == gallery["dog"])
+            )
+            is None
+        )
+    assert ids(engine, ImageFilter()) == [gallery["bird"], gallery["cat"]]
+    assert catalog.get_image(engine, gallery["cat"])["labels"]  # others untouched
+    # The predictions of an image never stored go too (they are rows of that image).
+    assert catalog.delete_image_rows(engine, sha(99)) == {
+        "labels": 0,
+        "predictions": 1,
+        "images": 0,
+    }
+    assert catalog.delete_image_rows(engine, gallery["dog"]) == {
+        "labels": 0,
+        "predictions": 0,
+        "images": 0,
+    }
+
+
+# --- stats -------------------------------------------------------------------------------------
+def test_stats(engine: Engine, gallery: dict[str, str]) -> None:
+    out = catalog.stats(engine)
+    assert out["images"] == {"stored": 3}
+    predictions = out["predictions"]
+    assert (predictions["total"], predictions["cached"]) == (5, 1)
+    assert predictions["cache_hit_ratio"] == 0.2
+    assert predictions["per_label"] == {"cat": 2, "dog": 2, "bird": 1}
+    assert list(predictions["per_label"]) == ["cat", "dog", "bird"]  # most first, then by name
+    assert predictions["per_model"] == {"digits:v1": 3, "digits:v2": 1, "species:1": 1}
+    assert predictions["per_day"] == {"2024-03-08": 2, "2024-03-09": 1, "2024-03-10": 2}
+    labels = out["labels"]
+    assert labels["total"] == 3
+    assert labels["per_label"] == {"cat": 1, "dog": 1, "wolf": 1}
+    assert labels["per_source"] == {"admin": 2, "user": 1}
+
+
+def test_stats_counts_days_in_utc(engine: Engine) -> None:
+    image = add_image(engine, 1, at=T0)
+    late = datetime(2024, 1, 1, 23, 30, tzinfo=timezone.utc)
+    # The same instant written in UTC+2: still the 1st in UTC.
+    add_prediction(
+        engine, image, label="a", score=0.5, at=late.astimezone(timezone(timedelta(hours=2)))
+    )
+    add_prediction(engine, image, label="a", score=0.5, at=late + timedelta(hours=1))
+    add_prediction(engine, image, label="a", score=0.5, at=datetime(2024, 1, 1, 0, 0, 1))  # naive
+    out = catalog.stats(engine)
+    assert out["predictions"]["per_day"] == {"2024-01-01": 2, "2024-01-02": 1}
+
+
+def test_stats_window(engine: Engine, gallery: dict[str, str]) -> None:
+    out = catalog.stats(engine, since=T0 - timedelta(days=1), until=T0)
+    assert out["images"] == {"stored": 1}
+    assert out["predictions"]["total"] == 1
+    assert out["predictions"]["per_label"] == {"dog": 1}
+    assert out["labels"]["per_label"] == {"dog": 1, "wolf": 1}
+    assert out["labels"]["per_source"] == {"admin": 2}
+
+
+def test_stats_of_an_empty_database(engine: Engine) -> None:
+    out = catalog.stats(engine)
+    assert out["images"] == {"stored": 0}
+    assert out["predictions"] == {
+        "total": 0,
+        "cached": 0,
+        "cache_hit_ratio": None,
+        "per_label": {},
+        "per_model": {},
+        "per_day": {},
+    }
+    assert out["labels"] == {"total": 0, "per_label": {}, "per_source": {}}
+
+
+# --- models ------------------------------------------------------------------------------------
+def _models(engine: Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(Model.name, Model.version, Model.status)).all()
+    return {f"{name}:{version}": status for name, version, status in rows}
+
+
+def _audit(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                AuditEntry.actor,
+                AuditEntry.action,
+                AuditEntry.target,
+                AuditEntry.detail,
+                AuditEntry.request_id,
+            ).order_by(AuditEntry.id)
+        ).all()
+    return [tuple(row) for row in rows]
+
+
+def test_record_models_adds_new_versions_as_staged_once(engine: Engine) -> None:
+    catalog.record_models(engine, [("digits", "v1", {"val_top1": 0.9}), ("digits", "v2", {})])
+    catalog.record_models(engine, [("digits", "v1", {"val_top1": 0.1})])  # already known
+    catalog.record_models(engine, [])
+    assert _models(engine) == {"digits:v1": "staged", "digits:v2": "staged"}
+    with engine.connect() as connection:
+        metrics = connection.scalar(select(Model.metrics).where(Model.version == "v1"))
+    assert metrics == {"val_top1": 0.9}
+    assert _audit(engine) == []
+
+
+def test_activate_model_retires_the_previous_one_and_audits(engine: Engine) -> None:
+    catalog.record_models(
+        engine, [("digits", "v1", {}), ("digits", "v2", {}), ("species", "1", {})]
+    )
+    catalog.activate_model(
+        engine, name="species", version="1", metrics={}, actor="k0", request_id=None, previous=None
+    )
+    catalog.activate_model(
+        engine,
+        name="digits",
+        version="v1",
+        metrics={},
+        actor="k1",
+        request_id="r1",
+        previous=None,
+    )
+    assert _models(engine) == {
+        "digits:v1": "active",
+        "digits:v2": "staged",
+        "species:1": "active",
+    }
+    catalog.activate_model(
+        engine,
+        name="digits",
+        version="v3",  # never recorded: activating records it
+        metrics={"val_top1": 0.99},
+        actor="k2",
+        request_id="r2",
+        previous="digits:v1",
+    )
+    assert _models(engine) == {
+        "digits:v1": "retired",
+        "digits:v2": "staged",
+        "digits:v3": "active",
+        "species:1": "active",  # another model name is not touched
+    }
+    assert _audit(engine) == [
+        ("k0", "model.activate", "species:1", {"previous": None}, None),
+        ("k1", "model.activate", "digits:v1", {"previous": None}, "r1"),
+        ("k2", "model.activate", "digits:v3", {"previous": "digits:v1"}, "r2"),
+    ]
+    # Activating the active one again changes nothing but the log.
+    catalog.activate_model(
+        engine,
+        name="digits",
+        version="v3",
+        metrics={},
+        actor="k2",
+        request_id=None,
+        previous="digits:v3",
+    )
+    assert _models(engine)["digits:v3"] == "active"
+    assert list(_models(engine).values()).count("active") == 2
+    assert len(_audit(engine)) == 4
+
+
+def test_audit_writes_a_row(engine: Engine) -> None:
+    catalog.audit(engine, actor="k", action="image.delete", target=sha(1), detail={"n": 1})
+    assert _audit(engine) == [("k", "image.delete", sha(1), {"n": 1}, None)]
+
+
+def test_insert_ignore_is_idempotent(engine: Engine) -> None:
+    add_image(engine, 1, at=T0)
+    add_image(engine, 1, at=T0 + timedelta(days=5))  # a retried write: kept as first written
+    pid = add_prediction(engine, sha(1), label="cat", score=0.5, at=T0)
+    row = {
+        "id": pid,
+        "image_sha256": sha(1),
+        "model_name": "m",
+        "model_version": "1",
+        "label": "other",
+        "score": 0.1,
+        "top_k": [],
+        "attributes": {},
+        "latency_ms": 1.0,
+        "cached": False,
+        "api_key_id": None,
+        "request_id": None,
+        "created_at": T0,
+    }
+    catalog.insert_ignore(engine, Prediction, [row])  # a replayed record
+    catalog.insert_ignore(engine, Prediction, [])
+    found, total = catalog.list_images(engine, ImageFilter(), limit=10, offset=0)
+    assert total == 1 and found[0]["created_at"] == T0
+    assert found[0]["prediction"]["label"] == "cat"
+    assert catalog.stats(engine)["predictions"]["total"] == 1
+
+
+# --- time zones --------------------------------------------------------------------------------
+def test_timestamps_come_back_in_utc_from_a_non_utc_postgres(
+    postgres_engine: Engine,
+) -> None:
+    engine = postgres_engine
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    image = add_image(engine, 1, at=T0)
+    add_prediction(engine, image, label="cat", score=0.5, at=T0)
+    out = catalog.get_image(engine, image)
+    assert out["created_at"] == T0  # the same instant, whatever the zone
+    assert out["created_at"].utcoffset() == timedelta(0)
+    assert out["prediction"]["created_at"].utcoffset() == timedelta(0)
