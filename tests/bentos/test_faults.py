@@ -162,10 +162,15 @@ def test_records_survive_a_shutdown_while_postgres_is_down(
     digits_model: RegisteredModel,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    before = stack.count(Prediction)
     log = tmp_path_factory.mktemp("shutdown") / "server.log"
     with running_server(digits_model, log, env) as server:
         client = Client(server, images)
+        client.classify()  # the key is checked once: from then on this replica trusts it
+        wait_for(
+            lambda: server.get("/readyz", auth=False).json()["dependencies"]["records_pending"] == 0
+        )
+        before = stack.count(Prediction)
+        client.accepted = 0
         stack.postgres.stop()
         client.run_for(1.5)
         assert client.failures == [] and client.accepted > 0
