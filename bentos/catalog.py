@@ -48,6 +48,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 async def _db(backends: Backends, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(engine, *args, **kwargs)`` in a worker thread; the database down is a 503."""
+
     def call() -> T:
         try:
             result = fn(backends.engine, *args, **kwargs)
