@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy load-tests/benchmark.py
+	$(BIN)/mypy load-tests/benchmark.py load-tests/cache_load.py
 
 test: lint
 	$(BIN)/python -m pytest
