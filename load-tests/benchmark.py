@@ -184,6 +184,14 @@ def bench_served(
 ) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    key = prepare_state(log.parent / f"state-{port}")
+    env = {
+        "IMAGEIQ_DATA_DIR": str(log.parent / f"state-{port}"),
+        # The same image is sent again and again: measure the model, not the cache.
+        "IMAGEIQ_CACHE_TTL_S": "0",
+        "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
+        **env,
+    }
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -210,7 +218,7 @@ def bench_served(
             time.sleep(0.5)
         data = jpeg(photo(640, 480))
         for concurrency in (1, 4, 16):
-            rows.append(load(url, data, concurrency=concurrency, requests=requests))
+            rows.append(load(url, data, key, concurrency=concurrency, requests=requests))
             print(f"  served {env}: {rows[-1]}", file=sys.stderr)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -221,8 +229,23 @@ def bench_served(
     return rows
 
 
-def load(url: str, data: bytes, *, concurrency: int, requests: int) -> dict:
-    clients = [httpx.Client(base_url=url, timeout=120) for _ in range(concurrency)]
+def prepare_state(data_dir: Path) -> str:
+    """A migrated SQLite database for one server, and an API key for it."""
+    from imageiq.backends import open_database
+    from imageiq.db.engine import upgrade
+    from imageiq.keys import create_key
+    from imageiq.settings import Settings
+
+    engine = open_database(Settings(data_dir=data_dir))
+    upgrade(engine)
+    key, _ = create_key(engine, name="benchmark", scopes=["classify"], pepper=b"")
+    engine.dispose()
+    return key
+
+
+def load(url: str, data: bytes, key: str, *, concurrency: int, requests: int) -> dict:
+    headers = {"Authorization": f"Bearer {key}"}
+    clients = [httpx.Client(base_url=url, timeout=120, headers=headers) for _ in range(concurrency)]
 
     def one(i: int) -> tuple[float, int]:
         started = time.perf_counter()

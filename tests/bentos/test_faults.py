@@ -113,6 +113,9 @@ def test_redis_stopped_mid_run(served: Server, stack: Stack, images: list[bytes]
     assert client.failures == [] and repeated
     wait_for(lambda: stack.count(Prediction) == before + client.accepted, what="every prediction")
     assert served.log.read_text().count("redis (redis) is down") == 1  # logged once
+    print(
+        f"redis outage: {client.accepted} accepted, {stack.count(Prediction) - before} in postgres"
+    )
 
 
 def test_s3_unavailable(served: Server, stack: Stack, images: list[bytes]) -> None:
@@ -129,6 +132,7 @@ def test_s3_unavailable(served: Server, stack: Stack, images: list[bytes]) -> No
     wait_for(lambda: stack.count(Image, Image.sha256.in_(shas)) == len(shas), 30, "rows")
     assert {f"images/{sha}" for sha in shas} <= set(stack.s3.object_keys())
     assert dependency(served, "storage") == "up"
+    print(f"s3 outage: {len(shas)} images answered stored=false, all {len(shas)} stored after")
 
 
 def test_postgres_restarted_mid_run(served: Server, stack: Stack, images: list[bytes]) -> None:
@@ -153,6 +157,10 @@ def test_postgres_restarted_mid_run(served: Server, stack: Stack, images: list[b
         found = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(stored))))
     assert found == set(stored)
     wait_for(lambda: dependency(served, "database") == "up", what="database up")
+    print(
+        f"postgres restart: {client.accepted} accepted ({pending} pending at the worst), "
+        f"{stack.count(Prediction) - before} in postgres, {len(found)}/{len(stored)} stored images"
+    )
 
 
 def test_records_survive_a_shutdown_while_postgres_is_down(
@@ -162,6 +170,8 @@ def test_records_survive_a_shutdown_while_postgres_is_down(
     digits_model: RegisteredModel,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    # A data directory (and so a spool) of its own: not the running `served` replica's.
+    env = {**env, "IMAGEIQ_DATA_DIR": str(tmp_path_factory.mktemp("shutdown-data"))}
     log = tmp_path_factory.mktemp("shutdown") / "server.log"
     with running_server(digits_model, log, env) as server:
         client = Client(server, images)
@@ -184,3 +194,4 @@ def test_records_survive_a_shutdown_while_postgres_is_down(
             lambda: stack.count(Prediction) == before + client.accepted, 30, "replayed records"
         )
     assert "spooled" in log.read_text()
+    print(f"shutdown while down: {client.accepted} accepted, all replayed at the next start")
