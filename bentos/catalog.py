@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from bentos.auth import require
 from bentos.catalog_schemas import (
+    CONTROL,
     SHA256,
     ActivateIn,
     ActivateOut,
@@ -91,6 +92,11 @@ async def list_images(
     """Stored images, newest first, with their latest prediction and label. Prediction
     filters (predicted label, confidence range, model, version) match images that have one
     prediction meeting all of them."""
+    for field, text in (("label", label), ("predicted_label", predicted_label)):
+        if text is not None and CONTROL.search(text):
+            raise errors.InvalidParameter(
+                f"{field} must not contain control characters.", details={"field": field}
+            )
     name, _, version = (model or "").partition(":")
     where = catalog.ImageFilter(
         label=label,

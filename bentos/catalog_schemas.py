@@ -13,11 +13,11 @@ from bentos.schemas import ModelRefOut, ScoredLabelOut
 SHA256 = r"^[0-9a-f]{64}$"
 # A label: any printable text (species names have apostrophes, dots, symbols) up to 255
 # characters, without control characters or surrounding spaces.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _check_text(value: str, what: str, limit: int) -> str:
-    if not value or value != value.strip() or len(value) > limit or _CONTROL.search(value):
+    if not value or value != value.strip() or len(value) > limit or CONTROL.search(value):
         raise ValueError(
             f"{what} must be 1 to {limit} printable characters without surrounding spaces"
         )

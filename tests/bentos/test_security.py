@@ -35,6 +35,9 @@ HOSTILE = [
     "..%2F..%2Fetc%2Fpasswd",
     "%00",
     "\\x00",
+    "\x00",
+    "a\x00b",
+    "\x1b[31m",
     "a" * 5000,
     "🙂" * 300,
     "${jndi:ldap://x}",
@@ -164,14 +167,17 @@ def test_hostile_strings_in_every_filter_and_id_are_4xx_never_5xx(served: Server
         for name in filters:
             resp = served.get("/v1/images", params={name: value})
             assert resp.status_code < 500, (name, value, resp.text)
-            if name in ("label", "predicted_label") and 0 < len(value) <= 255:
+            printable = not any(ord(c) < 32 for c in value)
+            if name in ("label", "predicted_label") and 0 < len(value) <= 255 and printable:
                 assert resp.status_code == 200 and resp.json()["items"] == []  # matched nothing
             elif value:
                 assert 400 <= resp.status_code < 500, (name, value)
         for name in ("since", "until"):
             resp = served.get("/v1/stats", params={name: value})
             assert resp.status_code < 500 and (resp.status_code == 422 or not value), (name, value)
-        quoted = value.replace("/", "%2F") or "%20"
+        # Control characters cannot go into a URL path (httpx refuses them); percent-encoded.
+        quoted = "".join(f"%{ord(c):02X}" if ord(c) < 32 else c for c in value)
+        quoted = quoted.replace("/", "%2F") or "%20"
         for method, path in (
             ("GET", f"/v1/images/{quoted}"),
             ("GET", f"/v1/images/{quoted}/content"),
