@@ -1,10 +1,12 @@
 """Authentication, scopes and rate limits of the /v1 endpoints, as FastAPI dependencies.
 
 ``Depends(require("classify"))`` on an endpoint: the bearer key is checked (401), its
-scopes (403) and its rate limit (429 with ``Retry-After``) before the body is read, so an
-unauthenticated upload costs nothing. Keys are only ever read from the ``Authorization``
-header; one in the query string is ignored. The dependency is a plain ``def``: FastAPI runs
-it in a worker thread, so a key looked up in the database does not stall the event loop.
+scopes (403) and its rate limit (429 with ``Retry-After``). The classify endpoints read
+their bodies themselves, after this, so an unauthenticated upload is never read; FastAPI
+parses the small JSON bodies of the other endpoints (64 KiB at most) first. Keys are
+only ever read from the ``Authorization`` header; one in the query string is ignored. The
+dependency is a plain ``def``: FastAPI runs it in a worker thread, so a key looked up in the
+database does not stall the event loop.
 """
 
 from __future__ import annotations
@@ -49,16 +51,15 @@ def require(scope: str) -> Callable[..., Principal]:
             metrics().auth_failures.labels(e.code).inc()
             raise
         note(request.scope, key=principal.key_id)
+        own = principal.rate_limit_per_minute
+        per_minute = settings.rate_limit_per_minute if own is None else own  # 0: unlimited
         decision = backends.limiter.hit(
-            principal.key_id,
-            per_minute=principal.rate_limit_per_minute or settings.rate_limit_per_minute,
-            burst=settings.rate_limit_burst,
+            principal.key_id, per_minute=per_minute, burst=settings.rate_limit_burst
         )
         if not decision.allowed:
             raise errors.RateLimited(
                 f"Rate limit of this API key exceeded ({decision.limit} at once, "
-                f"then {principal.rate_limit_per_minute or settings.rate_limit_per_minute} "
-                f"per minute); retry in {decision.retry_after_s:.1f} s.",
+                f"then {per_minute} per minute); retry in {decision.retry_after_s:.1f} s.",
                 retry_after=decision.retry_after_s,
             )
         request.state.principal = principal

@@ -9,16 +9,18 @@ database that is down answers 503 ``database_unavailable`` with ``Retry-After``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy.exc import SQLAlchemyError
 
 from bentos.auth import require
 from bentos.catalog_schemas import (
     CONTROL,
     SHA256,
+    SURROGATE,
     ActivateIn,
     ActivateOut,
     DeletedOut,
@@ -32,10 +34,10 @@ from bentos.http import note
 from bentos.schemas import ErrorResponse, ModelRefOut
 from imageiq import catalog, errors
 from imageiq.backends import Backends
+from imageiq.db.engine import is_transient
 from imageiq.keys import Principal
 from imageiq.logs import request_id_var
 from imageiq.pool import ModelPool
-from imageiq.recorder import TRANSIENT
 from imageiq.registry import get_model
 from imageiq.settings import MODEL_TAG, TAG_PART
 
@@ -53,7 +55,9 @@ async def _db(backends: Backends, fn: Callable[..., T], *args: Any, **kwargs: An
     def call() -> T:
         try:
             result = fn(backends.engine, *args, **kwargs)
-        except TRANSIENT as e:
+        except SQLAlchemyError as e:
+            if not is_transient(e):
+                raise
             backends.database.failed(e)
             raise errors.DatabaseUnavailable(
                 "The metadata database is unavailable; try again shortly.", retry_after=2
@@ -93,10 +97,11 @@ async def list_images(
     filters (predicted label, confidence range, model, version) match images that have one
     prediction meeting all of them."""
     for field, text in (("label", label), ("predicted_label", predicted_label)):
-        if text is not None and CONTROL.search(text):
+        if text is not None and (CONTROL.search(text) or SURROGATE.search(text)):
             raise errors.InvalidParameter(
                 f"{field} must not contain control characters.", details={"field": field}
             )
+    created_after, created_before = _utc(created_after), _utc(created_before)
     name, _, version = (model or "").partition(":")
     where = catalog.ImageFilter(
         label=label,
@@ -150,7 +155,7 @@ async def get_image_content(
     image = await _db(backends, catalog.find_image, image_id)
     if image is None:
         raise errors.ImageNotFound(f"No stored image {image_id}.")
-    data = await anyio.to_thread.run_sync(backends.store.get, image.storage_key)
+    data = await anyio.to_thread.run_sync(backends.store.get, backends.store.key_for(image_id))
     return Response(data, media_type=image.content_type)
 
 
@@ -209,11 +214,12 @@ async def delete_image(
     job. 404 when nothing of the image was known."""
     backends = _backends(request)
     await anyio.to_thread.run_sync(backends.recorder.forget, image_id)  # no record revives it
-    image = await _db(backends, catalog.find_image, image_id)
-    deleted = {"object": 0}
-    if image is not None:
-        await anyio.to_thread.run_sync(backends.store.delete, image.storage_key)
-        deleted["object"] = 1
+    # The object goes whether or not a row names it (an upload whose row was still on its
+    # way has one), under the key this store gives it (idempotent).
+    key = backends.store.key_for(image_id)
+    existed = await anyio.to_thread.run_sync(backends.store.exists, key)
+    await anyio.to_thread.run_sync(backends.store.delete, key)
+    deleted = {"object": int(existed)}
     deleted.update(await _db(backends, catalog.delete_image_rows, image_id))
     deleted["cache_entries"] = await anyio.to_thread.run_sync(backends.cache.forget, image_id)
     if not any(deleted.values()):
@@ -239,6 +245,7 @@ async def stats(
 ) -> StatsOut:
     """Predictions per label, per model version and per day (UTC), the cache hit ratio,
     labels given, stored images."""
+    since, until = _utc(since), _utc(until)
     found = await _db(_backends(request), catalog.stats, since=since, until=until)
     return StatsOut(**found, since=since, until=until)
 
@@ -285,6 +292,20 @@ async def activate_model(
     )
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """A query's date in UTC (no zone: taken as UTC); one that leaves the calendar is a 422."""
+    if moment is None:
+        return None
+    try:
+        return (
+            moment.astimezone(timezone.utc)
+            if moment.tzinfo
+            else moment.replace(tzinfo=timezone.utc)
+        )
+    except (OverflowError, ValueError) as e:
+        raise errors.InvalidParameter(f"Date {moment.isoformat()} is out of range.") from e
+
+
 def _check_known(pool: ModelPool, body: LabelIn) -> None:
     cards = [m.model.card for m in pool.models.values()]
     if body.label is not None and not body.new_label:
@@ -299,7 +320,7 @@ def _check_known(pool: ModelPool, body: LabelIn) -> None:
         values = {v for card in cards for v in card.heads.get(head, [])}
         if answer not in values:
             raise errors.InvalidParameter(
-                f"Attribute {head}={answer!r} is not one a served model predicts"
+                f"Attribute {head!r}={answer!r} is not one a served model predicts"
                 + (f" ({', '.join(sorted(values))})." if values else "."),
                 details={"field": f"attributes.{head}"},
             )

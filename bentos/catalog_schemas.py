@@ -14,10 +14,12 @@ SHA256 = r"^[0-9a-f]{64}$"
 # A label: any printable text (species names have apostrophes, dots, symbols) up to 255
 # characters, without control characters or surrounding spaces.
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SURROGATE = re.compile(r"[\ud800-\udfff]")  # not text: no database can store it
 
 
 def _check_text(value: str, what: str, limit: int) -> str:
-    if not value or value != value.strip() or len(value) > limit or CONTROL.search(value):
+    bad = CONTROL.search(value) or SURROGATE.search(value)
+    if not value or value != value.strip() or len(value) > limit or bad:
         raise ValueError(
             f"{what} must be 1 to {limit} printable characters without surrounding spaces"
         )

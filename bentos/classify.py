@@ -17,6 +17,7 @@ import anyio
 import torch
 from fastapi import Request
 from PIL import Image as PILImage
+from sqlalchemy.exc import SQLAlchemyError
 
 from bentos.http import note
 from bentos.inputs import Upload
@@ -24,12 +25,12 @@ from bentos.schemas import ClassifyParams, ImageOut, PredictionOut, ScoredLabelO
 from imageiq import catalog, errors
 from imageiq.backends import Backends
 from imageiq.cache import cache_key
+from imageiq.db.engine import is_transient
 from imageiq.images import DecodedImage
 from imageiq.keys import Principal
 from imageiq.logs import request_id_var
 from imageiq.metrics import metrics
 from imageiq.pool import ServedModel
-from imageiq.recorder import TRANSIENT
 from imageiq.records import ImageRecord, PredictionRecord
 from imageiq.settings import Settings
 
@@ -39,9 +40,6 @@ class Outcome:
     prediction: PredictionOut | None = None
     error: errors.ImageIQError | None = None
     scored: list[ScoredLabelOut] | None = None  # every top-k label, before min_confidence
-
-
-_SHAPE_ERRORS = (errors.StorageUnavailable, *TRANSIENT)
 
 
 class Pipeline:
@@ -67,7 +65,11 @@ class Pipeline:
         if upload.error is not None:
             count_rejected(endpoint, upload.error)
             return Outcome(error=upload.error)
-        sha256 = hashlib.sha256(upload.data).hexdigest()
+        sha256 = (
+            await anyio.to_thread.run_sync(_sha256, upload.data)
+            if len(upload.data) > _HASH_ON_LOOP
+            else _sha256(upload.data)
+        )
         model = served.model
         key = cache_key(
             sha256=sha256, model_name=model.name, model_version=model.version, top_k=params.top_k
@@ -77,7 +79,7 @@ class Pipeline:
         if hit is not None:
             outcome = self._from_cache(hit, upload, params, started)
         else:
-            outcome = await self._infer(served, upload, params, started, request)
+            outcome = await self._infer(served, upload, sha256, params, request)
             if outcome.prediction is not None and cache.backend != "off":
                 await anyio.to_thread.run_sync(
                     functools.partial(cache.put, key, _cacheable(outcome), sha256=sha256)
@@ -125,8 +127,8 @@ class Pipeline:
         self,
         served: ServedModel,
         upload: Upload,
+        sha256: str,
         params: ClassifyParams,
-        started: float,
         request: Request,
     ) -> Outcome:
         endpoint = request.url.path
@@ -163,7 +165,7 @@ class Pipeline:
                 for head, s in prediction.attributes.items()
             },
             image=ImageOut(
-                sha256=hashlib.sha256(upload.data).hexdigest(),
+                sha256=sha256,
                 width=decoded.width,
                 height=decoded.height,
                 format=decoded.format,
@@ -206,8 +208,10 @@ class Pipeline:
         try:
             await anyio.to_thread.run_sync(store_now)
             return True
-        except _SHAPE_ERRORS as e:
-            if isinstance(e, TRANSIENT):
+        except (errors.StorageUnavailable, SQLAlchemyError) as e:
+            # The store or the database is away (or refuses the row: the recorder sets it
+            # aside): the recorder takes over; the answer says "not stored yet".
+            if is_transient(e):
                 backends.database.failed(e)
             backends.recorder.record(record)
             return False
@@ -230,6 +234,14 @@ class Pipeline:
         done = time.perf_counter()
         tensor = classifier.prepare(decoded.image)
         return decoded, tensor, done - started, time.perf_counter() - done
+
+
+# Bodies up to this size are hashed on the event loop (well under a millisecond).
+_HASH_ON_LOOP = 256 * 1024
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def count_rejected(endpoint: str, error: errors.ImageIQError) -> None:

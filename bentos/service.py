@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import bentoml
 from fastapi import Depends, FastAPI, Query, Request
+from sqlalchemy.exc import SQLAlchemyError
 
 import imageiq
 from bentos.auth import require
@@ -45,12 +46,11 @@ from bentos.schemas import (
 from imageiq import catalog, errors
 from imageiq.activation import ActivationSync
 from imageiq.backends import Backends, open_database
-from imageiq.db.engine import check_migrated
+from imageiq.db.engine import check_migrated, is_transient
 from imageiq.keys import Principal
 from imageiq.logs import configure_logging
 from imageiq.metrics import metrics
 from imageiq.pool import ConfigWatcher, ModelPool, ServedModel
-from imageiq.recorder import TRANSIENT
 from imageiq.registry import get_model
 from imageiq.runner import InferenceThread
 from imageiq.settings import MODEL_TAG, Settings
@@ -210,7 +210,9 @@ class ImageClassifier:
         ]
         try:
             await anyio.to_thread.run_sync(catalog.record_models, self.backends.engine, served)
-        except TRANSIENT as e:
+        except SQLAlchemyError as e:
+            if not is_transient(e):
+                raise
             self.backends.database.failed(e)
 
     def __is_ready__(self) -> bool:

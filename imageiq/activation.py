@@ -15,13 +15,14 @@ from datetime import datetime
 
 import anyio
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from imageiq.db.engine import is_transient
 from imageiq.db.schema import Model
 from imageiq.errors import ImageIQError
 from imageiq.health import Dependency
 from imageiq.pool import ModelPool
-from imageiq.recorder import TRANSIENT
 from imageiq.registry import get_model
 
 log = logging.getLogger("imageiq.activation")
@@ -46,24 +47,28 @@ class ActivationSync:
         """Apply activations not seen yet; returns the tags switched to."""
         try:
             rows = await anyio.to_thread.run_sync(self._active_rows)
-        except TRANSIENT as e:
+        except SQLAlchemyError as e:
+            if not is_transient(e):
+                raise
             self._database.failed(e)
             return []
         switched = []
         for name, version, updated_at in rows:
             if self._seen.get(name) == (version, updated_at):
                 continue
-            self._seen[name] = (version, updated_at)
             served = [m for m in self.pool.models.values() if m.model.name == name]
             if not served or any(m.model.version == version for m in served):
+                self._seen[name] = (version, updated_at)
                 continue
             try:
                 tag = (await anyio.to_thread.run_sync(get_model, f"{name}:{version}")).tag
-            except ImageIQError as e:
+            except ImageIQError as e:  # not in this replica's store: retrying will not help
                 log.error("activated model %s:%s cannot be served here: %s", name, version, e)
+                self._seen[name] = (version, updated_at)
                 continue
             log.info("model %s was activated: switching to it", tag)
-            if await self.pool.activate(tag):
+            if await self.pool.activate(tag):  # else (busy, or failed to load): next round
+                self._seen[name] = (version, updated_at)
                 switched.append(tag)
         return switched
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, and_, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from imageiq import errors
@@ -99,7 +100,10 @@ def add_label(
             created_by=created_by,
         )
         session.add(row)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError as e:  # the image was deleted meanwhile
+            raise errors.ImageNotFound(f"No stored image {sha256}.") from e
         session.refresh(row)
     return _label_out(row)
 

@@ -66,6 +66,6 @@ class Dependency:
             "state": "up" if self._up else "down",
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since)),
         }
-        if self._error is not None:
-            state["error"] = self._error
+        if self._error is not None:  # the kind only: the message (hosts, users) is logged
+            state["error"] = self._error.split(":", 1)[0]
         return state

@@ -33,7 +33,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--name", required=True, help="who or what the key is for")
     p.add_argument("--scopes", default="classify", help="comma-separated: classify, label, admin")
     p.add_argument(
-        "--rate-limit", type=int, default=None, help="requests per minute (default: the setting)"
+        "--rate-limit",
+        type=_rate,
+        default=None,
+        help="requests per minute, 0 for unlimited (default: IMAGEIQ_RATE_LIMIT_PER_MINUTE)",
     )
     p.add_argument(
         "--save",
@@ -57,6 +60,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--older-than", required=True, help="an age: 90d, 12h, 2w")
     p.add_argument("--apply", action="store_true", help="delete (without it: only count)")
     p.set_defaults(func=cmd_purge)
+
+
+def _rate(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError("a whole number of requests per minute, 0 to 10000000")
+    return value
 
 
 def _actor() -> str:

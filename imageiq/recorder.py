@@ -26,14 +26,9 @@ from typing import Any
 
 from sqlalchemy import Engine, Insert
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import (
-    DisconnectionError,
-    InterfaceError,
-    OperationalError,
-)
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from imageiq import errors
+from imageiq.db.engine import is_transient
 from imageiq.db.schema import Image, Prediction
 from imageiq.health import Dependency
 from imageiq.metrics import metrics
@@ -48,8 +43,6 @@ from imageiq.records import (
 from imageiq.storage import ObjectStore
 
 log = logging.getLogger("imageiq.recorder")
-# The database is away (down, restarting, unreachable): keep the records and retry.
-TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 # How long a forgotten image is remembered, to drop its records still in flight.
 _REMEMBER = timedelta(minutes=10)
 
@@ -78,7 +71,7 @@ class Recorder:
         self._lock = threading.Lock()  # guards the deques, _forgotten and the spool files
         self._writing = threading.Lock()  # held while a batch is written (see forget)
         self._forgotten: dict[str, datetime] = {}
-        self._spooled = sum(len(read_spool(p)) for p in self._spool.glob("*.jsonl"))
+        self._spooled = _count_lines(self._spool)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="imageiq-recorder", daemon=True)
         self._gauge = metrics().records_pending
@@ -96,19 +89,24 @@ class Recorder:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            with self._lock:
-                self._write_spool([item])
+            try:
+                with self._lock:
+                    self._write_spool([item])
+            except OSError:
+                log.exception(
+                    "record of image %s lost: queue full and spool unwritable", item.sha256
+                )
 
     def pending_images(self) -> set[str]:
-        with self._lock:
-            held = [*self._uploads, *self._rows, *self._queue.queue]
+        # Lock-free (the event loop calls it): list() of a deque is one step under the GIL.
+        held = [*list(self._uploads), *list(self._rows), *list(self._queue.queue)]
         return {r.sha256 for r in held if isinstance(r, ImageRecord)}
 
     @property
     def pending(self) -> int:
-        """Records accepted and not yet in the database (queue, memory and spool)."""
-        with self._lock:
-            return self._queue.qsize() + len(self._rows) + len(self._uploads) + self._spooled
+        """Records accepted and not yet in the database (queue, memory and spool); read
+        without the lock, so a probe never waits behind spool-file work."""
+        return self._queue.qsize() + len(self._rows) + len(self._uploads) + self._spooled
 
     def forget(self, sha256: str) -> None:
         """Drop every record of an image accepted until now: queued, held or spooled. Waits
@@ -131,7 +129,7 @@ class Recorder:
         """Flush what can be written within ``timeout_s``; spool the rest."""
         self._stop.set()
         self._thread.join(timeout_s)
-        with self._lock:
+        with self._writing, self._lock:  # nothing is being written while we snapshot
             held = [*self._uploads, *self._rows, *self._drain(None)]
             left = [r for r in held if self._keep(r)]
             self._rows.clear()
@@ -147,20 +145,11 @@ class Recorder:
         backoff = self._interval
         while True:
             stopping = self._stop.is_set()
-            self._take()
-            waiting = self._upload()
-            with self._lock:
-                batch = list(itertools.islice(self._rows, self._batch_size))
-            if batch:
-                with self._writing:
-                    written, db_waiting = self._write(batch)
-                with self._lock:
-                    done = {id(r) for r in written}
-                    self._rows = deque(r for r in self._rows if id(r) not in done)
-                waiting = waiting or db_waiting
-            if waiting:
-                with self._lock:
-                    self._overflow()
+            try:
+                batch, waiting = self._step()
+            except Exception:  # the writer must outlive any one bad record or full disk
+                log.exception("the recorder's writer failed; retrying")
+                batch, waiting = [], True
             self._gauge.set(self.pending)
             if stopping and (waiting or not batch):
                 return
@@ -172,11 +161,31 @@ class Recorder:
                 if not batch:
                     self._wait_for_work()
 
+    def _step(self) -> tuple[list[Record], bool]:
+        """One round: take, upload, write a batch. Returns the batch and whether a
+        dependency keeps records waiting."""
+        self._take()
+        waiting = self._upload()
+        with self._lock:
+            batch = list(itertools.islice(self._rows, self._batch_size))
+        if batch:
+            with self._writing:
+                written, db_waiting = self._write(batch)
+            with self._lock:
+                done = {id(r) for r in written}
+                self._rows = deque(r for r in self._rows if id(r) not in done)
+            waiting = waiting or db_waiting
+        if waiting:
+            with self._lock:
+                self._overflow()
+        return batch, waiting
+
     def _take(self) -> None:
         """Queue (and, while the database keeps up, spool) into the two backlogs."""
         with self._lock:
             taken = self._drain(self._batch_size)
-            if len(self._rows) < self._batch_size and self.database.available():
+            replay = not self._stop.is_set() and self.database.available()
+            if replay and len(self._rows) < self._batch_size:
                 taken.extend(self._replay_one())
             for record in taken:
                 self._sort(record)
@@ -191,7 +200,8 @@ class Recorder:
 
     def _upload(self) -> bool:
         """Store waiting images' objects; each done one moves to the rows. True while some
-        still wait for the store (their rows stay out: no row points at a missing object)."""
+        still wait for the store (their rows stay out: no row points at a missing object).
+        Holds ``_writing`` per upload, so ``forget`` never races one in flight."""
         while True:
             with self._lock:
                 if not self._uploads:
@@ -199,20 +209,32 @@ class Recorder:
                 record = self._uploads[0]
             if not self._store.dependency.available():
                 return True
-            try:
-                self._store.put(record.sha256, record.data or b"", content_type=record.content_type)
-            except errors.StorageUnavailable:
-                return True
-            except Exception as e:  # refused for good (bad hash, ...): set it aside
-                self._reject([record], e)
-                with self._lock:
-                    self._uploads.popleft()
-                continue
-            with self._lock:
-                self._uploads.popleft()
-                if self._keep(record):
-                    record.data = None
-                    self._rows.append(record)
+            with self._writing:
+                if not self._keep(record):  # forgotten while it waited
+                    self._remove_upload(record)
+                    continue
+                try:
+                    data = record.data or b""
+                    self._store.put(record.sha256, data, content_type=record.content_type)
+                except errors.StorageUnavailable:
+                    return True
+                except Exception as e:  # refused for good (bad hash, ...): set it aside
+                    self._reject([record], e)
+                    self._remove_upload(record)
+                    continue
+                record.data = None
+                if self._remove_upload(record):
+                    with self._lock:
+                        self._rows.append(record)
+
+    def _remove_upload(self, record: ImageRecord) -> bool:
+        """Take ``record`` (by identity) off the uploads; False when it was not there."""
+        with self._lock:
+            for i, held in enumerate(self._uploads):
+                if held is record:
+                    del self._uploads[i]
+                    return True
+        return False
 
     def _wait_for_work(self) -> None:
         try:
@@ -242,10 +264,11 @@ class Recorder:
         batch = [r for r in batch if self._keep(r)]
         try:
             self._insert(batch)
-        except TRANSIENT as e:
-            self.database.failed(e)
-            return dropped, True
-        except Exception as e:  # a record the database refuses: find it, set it aside
+        except Exception as e:
+            if is_transient(e):  # the database is away: keep everything, retry
+                self.database.failed(e)
+                return dropped, True
+            # A record the database refuses: find it, set it aside.
             log.error("the database refused a batch (%s); writing it record by record", e)
             done, away = self._write_one_by_one(batch)
             return done + dropped, away
@@ -259,11 +282,11 @@ class Recorder:
         for record in batch:
             try:
                 self._insert([record])
-            except TRANSIENT as e:
-                self.database.failed(e)
-                away = True
-                break
             except Exception as e:
+                if is_transient(e):
+                    self.database.failed(e)
+                    away = True
+                    break
                 log.error("record of image %s refused by the database: %s", record.sha256, e)
                 refused.append(record)
             done.append(record)
@@ -309,11 +332,25 @@ class Recorder:
         files = sorted(self._spool.glob("*.jsonl"))
         if not files:
             return []
-        records = read_spool(files[0])
+        try:
+            records = read_spool(files[0])
+        except (ValueError, TypeError, KeyError, OSError) as e:  # not ours, or damaged
+            log.error("spool file %s cannot be read (%s): moved to %s", files[0], e, self._rejected)
+            files[0].replace(self._rejected / files[0].name)
+            self._spooled = _count_lines(self._spool)
+            return []
         files[0].unlink()
         self._spooled -= len(records)
         log.info("replaying %d spooled records from %s", len(records), files[0].name)
         return records
+
+
+def _count_lines(spool: Path) -> int:
+    count = 0
+    for path in spool.glob("*.jsonl"):
+        with path.open("rb") as f:
+            count += sum(1 for line in f if line.strip())
+    return count
 
 
 def _row(record: Record, table: type[Image] | type[Prediction]) -> dict[str, Any]:

@@ -83,9 +83,9 @@ def purge(
         if not rows:
             break
         done = []
-        for sha256, key in rows:
+        for sha256, _key in rows:
             try:
-                store.delete(key)
+                store.delete(store.key_for(sha256))  # this store's key, whatever the row says
                 if cache is not None:
                     report.cache_entries += cache.forget(sha256)
             except errors.ImageIQError as e:

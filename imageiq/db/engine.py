@@ -17,7 +17,15 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from imageiq import errors
 
@@ -125,6 +133,26 @@ def check_migrated(engine: Engine) -> None:
     raise errors.DatabaseNotMigrated(
         f"the database at {where} {state}: run `imageiq db upgrade` first"
     )
+
+
+# SQLSTATE classes and codes that mean "the database is away for now, try again": connection
+# exceptions, operator intervention (a shutdown), insufficient resources, a rolled-back
+# transaction (serialization, deadlock), and a read-only transaction (during a failover).
+_AWAY_CLASSES = ("08", "57", "53", "40")
+_AWAY_CODES = frozenset({"25006"})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a database error means "down or failing over": keep the work and retry, as
+    opposed to a statement the database refuses for good."""
+    if isinstance(error, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)):
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        state = str(getattr(error.orig, "sqlstate", None) or "")
+        return state[:2] in _AWAY_CLASSES or state in _AWAY_CODES
+    return False
 
 
 def _reason(error: SQLAlchemyError) -> str:
