@@ -31,7 +31,7 @@ from imageiq.keys import Principal
 from imageiq.logs import request_id_var
 from imageiq.metrics import metrics
 from imageiq.pool import ServedModel
-from imageiq.records import ImageRecord, PredictionRecord
+from imageiq.records import ImageRecord, PredictionRecord, as_row
 from imageiq.settings import Settings
 
 
@@ -202,7 +202,7 @@ class Pipeline:
         def store_now() -> None:
             backends.store.put(record.sha256, data, content_type=record.content_type)
             record.data = None  # the object is there: only the row may be left to write
-            catalog.insert_ignore(backends.engine, catalog.Image, [_image_row(record)])
+            catalog.insert_ignore(backends.engine, catalog.Image, [as_row(record)])
             backends.database.succeeded()
 
         try:
@@ -260,19 +260,6 @@ def _cacheable(outcome: Outcome) -> dict[str, Any]:
         "image": prediction.image.model_dump(
             include={"sha256", "width", "height", "format", "bytes"}
         ),
-    }
-
-
-def _image_row(record: ImageRecord) -> dict[str, Any]:
-    return {
-        "sha256": record.sha256,
-        "storage_key": record.storage_key,
-        "content_type": record.content_type,
-        "bytes": record.bytes,
-        "width": record.width,
-        "height": record.height,
-        "uploaded_by": record.uploaded_by,
-        "created_at": record.created_at,
     }
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, and_, delete, exists, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -29,13 +29,18 @@ class ImageFilter:
     created_before: datetime | None = None
 
 
-def insert_ignore(engine: Engine, table: Any, rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING: a repeated write (a retry, a replay) is a no-op."""
+def insert_ignore(into: Engine | Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: a repeated write (a retry, a replay) is a no-op.
+    On an engine, in a transaction of its own; on a connection, in the caller's."""
     if not rows:
         return
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    with engine.begin() as connection:
-        connection.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+    dialect = postgresql if into.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).on_conflict_do_nothing()
+    if isinstance(into, Connection):
+        into.execute(statement, rows)
+        return
+    with into.begin() as connection:
+        connection.execute(statement, rows)
 
 
 def list_images(

@@ -19,15 +19,13 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Engine, Insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine
 
 from imageiq import errors
+from imageiq.catalog import insert_ignore
 from imageiq.db.engine import is_transient
 from imageiq.db.schema import Image, Prediction
 from imageiq.health import Dependency
@@ -36,6 +34,7 @@ from imageiq.records import (
     ImageRecord,
     PredictionRecord,
     Record,
+    as_row,
     read_spool,
     utcnow,
     write_spool,
@@ -294,14 +293,13 @@ class Recorder:
         return done, away
 
     def _insert(self, records: list[Record]) -> None:
-        images = [_row(r, Image) for r in records if isinstance(r, ImageRecord)]
-        predictions = [_row(r, Prediction) for r in records if isinstance(r, PredictionRecord)]
+        images = [as_row(r) for r in records if isinstance(r, ImageRecord)]
+        predictions = [as_row(r) for r in records if isinstance(r, PredictionRecord)]
         if not images and not predictions:
             return
         with self._engine.begin() as connection:
-            for table, rows in ((Image, images), (Prediction, predictions)):
-                if rows:
-                    connection.execute(_insert_ignore(self._engine, table), rows)
+            insert_ignore(connection, Image, images)
+            insert_ignore(connection, Prediction, predictions)
         self._written.labels("image").inc(len(images))
         self._written.labels("prediction").inc(len(predictions))
 
@@ -351,13 +349,3 @@ def _count_lines(spool: Path) -> int:
         with path.open("rb") as f:
             count += sum(1 for line in f if line.strip())
     return count
-
-
-def _row(record: Record, table: type[Image] | type[Prediction]) -> dict[str, Any]:
-    columns = set(table.__table__.columns.keys())
-    return {k: v for k, v in asdict(record).items() if k in columns}
-
-
-def _insert_ignore(engine: Engine, table: type[Image] | type[Prediction]) -> Insert:
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()

@@ -57,6 +57,11 @@ class ImageRecord:
 Record = PredictionRecord | ImageRecord
 
 
+def as_row(record: Record) -> dict[str, Any]:
+    """The record's database row: its fields, less the image bytes still to upload."""
+    return {f.name: getattr(record, f.name) for f in fields(record) if f.name != "data"}
+
+
 def encode(record: Record) -> dict[str, Any]:
     data = {f.name: getattr(record, f.name) for f in fields(record)}
     data["created_at"] = record.created_at.isoformat()

@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -238,3 +239,20 @@ def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "cond
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+# Cool-down of the Redis links the unit tests make (the service uses 2 s).
+REDIS_COOLDOWN_S = 0.5
+
+
+@contextmanager
+def migrated(url: str) -> Iterator[Any]:
+    """An engine on ``url`` with the schema at the head migration; disposed after."""
+    from imageiq.db.engine import make_engine, upgrade
+
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()

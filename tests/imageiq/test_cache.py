@@ -16,9 +16,9 @@ from imageiq.cache import INDEX_PREFIX, PredictionCache, build_cache, cache_key
 from imageiq.errors import CacheUnavailable
 from imageiq.redisconn import RedisLink, connect
 from imageiq.settings import Settings
-from tests.backends import RedisServer
+from tests.backends import REDIS_COOLDOWN_S, RedisServer
 
-COOLDOWN_S = 0.5
+COOLDOWN_S = REDIS_COOLDOWN_S
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
 
@@ -32,22 +32,6 @@ def counted(result: str) -> float:
 
 def stored_keys(link: RedisLink) -> set[str]:
     return {k.decode() if isinstance(k, bytes) else k for k in link.client.keys("imageiq:*")}
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def link(redis_server: RedisServer) -> Iterator[RedisLink]:
-    link = connect(redis_server.url, cooldown_s=COOLDOWN_S)
-    link.client.flushdb()
-    yield link
-    link.close()
 
 
 @pytest.fixture(params=["memory", "redis"])

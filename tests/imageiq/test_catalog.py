@@ -18,7 +18,7 @@ from imageiq import catalog, errors
 from imageiq.catalog import ImageFilter
 from imageiq.db.engine import make_engine, upgrade
 from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction
-from tests.backends import PostgresServer
+from tests.backends import PostgresServer, migrated
 
 T0 = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
 TABLES = "images, predictions, labels, models, api_keys, audit_log"
@@ -77,10 +77,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
             connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
         yield engine
         return
-    engine = make_engine(f"sqlite:///{tmp_path / 'imageiq.db'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    with migrated(f"sqlite:///{tmp_path / 'imageiq.db'}") as engine:
+        yield engine
 
 
 def add_image(engine: Engine, n: int, *, at: datetime, uploaded_by: str | None = None) -> str:

@@ -24,7 +24,7 @@ from imageiq.keys import (
     parse_scopes,
     revoke_key,
 )
-from tests.backends import PostgresServer
+from tests.backends import PostgresServer, migrated
 
 PEPPER = b"pepper-for-the-key-tests-0123456789"
 KEY = re.compile(r"^iiq_([0-9a-f]{16})_([0-9a-f]{48})$")
@@ -33,10 +33,8 @@ INVALID = "Invalid API key."
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'imageiq.db'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    with migrated(f"sqlite:///{tmp_path / 'imageiq.db'}") as engine:
+        yield engine
 
 
 @pytest.fixture

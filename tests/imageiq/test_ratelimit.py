@@ -5,7 +5,7 @@ same port (shared limits again)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import REGISTRY
@@ -13,29 +13,13 @@ from prometheus_client import REGISTRY
 from imageiq.ratelimit import PREFIX, RateLimiter, build_limiter
 from imageiq.redisconn import RedisLink, connect
 from imageiq.settings import Settings
-from tests.backends import RedisServer
+from tests.backends import REDIS_COOLDOWN_S, RedisServer
 
-COOLDOWN_S = 0.5
+COOLDOWN_S = REDIS_COOLDOWN_S
 
 
 def refusals() -> float:
     return REGISTRY.get_sample_value("imageiq_rate_limited_total") or 0.0
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def link(redis_server: RedisServer) -> Iterator[RedisLink]:
-    link = connect(redis_server.url, cooldown_s=COOLDOWN_S)
-    link.client.flushdb()
-    yield link
-    link.close()
 
 
 @pytest.fixture(params=["memory", "redis"])

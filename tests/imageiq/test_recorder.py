@@ -21,7 +21,7 @@ from imageiq.health import Dependency
 from imageiq.recorder import Recorder
 from imageiq.records import ImageRecord, PredictionRecord, Record, read_spool
 from imageiq.storage import LocalStore
-from tests.backends import PostgresServer
+from tests.backends import PostgresServer, migrated
 
 SHA_A = hashlib.sha256(b"image a").hexdigest()
 SHA_B = hashlib.sha256(b"image b").hexdigest()
@@ -142,10 +142,8 @@ def pg(postgres: PostgresServer) -> Iterator[Engine]:
 
 @pytest.fixture
 def sqlite(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'meta.db'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    with migrated(f"sqlite:///{tmp_path / 'meta.db'}") as engine:
+        yield engine
 
 
 @pytest.fixture
