@@ -157,6 +157,8 @@ class RequestGuard:
                 await exchange.respond(refusal)
                 return
             self.in_flight += 1
+            in_flight = metrics().requests_in_flight
+            in_flight.inc()
             try:
                 with anyio.fail_after(self.timeout_s):
                     await self.app(scope, exchange.receive, exchange.send)
@@ -181,6 +183,7 @@ class RequestGuard:
                 )
             finally:
                 self.in_flight -= 1
+                in_flight.dec()
         finally:
             elapsed = time.perf_counter() - started
             endpoint = _endpoint(scope)

@@ -22,6 +22,7 @@ _MODEL = ("model_name", "model_version")
 @dataclass(frozen=True)
 class Metrics:
     requests: Any
+    requests_in_flight: Any
     request_seconds: Any
     decode_seconds: Any
     preprocess_seconds: Any
@@ -58,6 +59,11 @@ def _create() -> Metrics:
             "imageiq_requests",
             "API requests by endpoint, HTTP status, error code and model (name:version).",
             ["endpoint", "status", "code", "model"],
+        ),
+        requests_in_flight=pc.Gauge(
+            "imageiq_requests_in_flight",
+            "API requests in progress in this pod (what the autoscaler scales on).",
+            multiprocess_mode="livesum",
         ),
         request_seconds=pc.Histogram(
             "imageiq_request_seconds",

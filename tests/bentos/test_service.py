@@ -245,6 +245,8 @@ def test_metrics_expose_every_stage(server: Server) -> None:
     rejected = 'endpoint="/v1/classify",reason="unsupported_image_format"'
     assert f"imageiq_images_rejected_total{{{rejected}}}" in text
     assert "imageiq_prediction_confidence_bucket" in text
+    # The autoscaler's metric: both requests have finished, so none is in flight.
+    assert re.search(r"^imageiq_requests_in_flight 0\.0$", text, re.M), text[:2000]
 
 
 def test_openapi_documents_classify(server: Server) -> None:

@@ -1,0 +1,179 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "imageiq.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name (63 characters at most, the DNS limit). A release
+name that contains the chart name is used as is.
+*/}}
+{{- define "imageiq.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the chart label.
+*/}}
+{{- define "imageiq.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "imageiq.labels" -}}
+helm.sh/chart: {{ include "imageiq.chart" . }}
+{{ include "imageiq.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Selector labels: every pod of the release (stable and canary), as the Service selects them.
+*/}}
+{{- define "imageiq.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "imageiq.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Name of a track's objects: the fullname for the stable track, "<fullname>-canary" for the
+canary. Call with (dict "root" $ "track" "stable").
+*/}}
+{{- define "imageiq.trackName" -}}
+{{- if eq .track "stable" }}
+{{- include "imageiq.fullname" .root }}
+{{- else }}
+{{- printf "%s-%s" (include "imageiq.fullname" .root | trunc 56 | trimSuffix "-") .track }}
+{{- end }}
+{{- end }}
+
+{{/*
+The service account to use.
+*/}}
+{{- define "imageiq.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "imageiq.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image of a track: the canary's tag when it sets one, else image.tag, else appVersion.
+*/}}
+{{- define "imageiq.image" -}}
+{{- $tag := default .root.Chart.AppVersion .root.Values.image.tag }}
+{{- if and (eq .track "canary") .root.Values.canary.image.tag }}
+{{- $tag = .root.Values.canary.image.tag }}
+{{- end }}
+{{- printf "%s:%s" .root.Values.image.repository $tag }}
+{{- end }}
+
+{{/*
+Replica counts without autoscaling: the canary takes ceil(replicaCount * weight / 100) pods
+(at least one) out of replicaCount, so a canary never grows the fleet.
+*/}}
+{{- define "imageiq.canaryReplicas" -}}
+{{- $total := int .Values.replicaCount }}
+{{- if .Values.autoscaling.enabled }}{{ $total = int .Values.autoscaling.minReplicas }}{{ end }}
+{{- $n := div (add (mul $total (int .Values.canary.weight)) 99) 100 }}
+{{- max 1 $n }}
+{{- end }}
+
+{{- define "imageiq.stableReplicas" -}}
+{{- if .Values.canary.enabled }}
+{{- max 1 (sub (int .Values.replicaCount) (int (include "imageiq.canaryReplicas" .))) }}
+{{- else }}
+{{- int .Values.replicaCount }}
+{{- end }}
+{{- end }}
+
+{{/*
+True ("true") when the chart keeps the metadata in SQLite inside each pod (no database Secret).
+*/}}
+{{- define "imageiq.migrateInPod" -}}
+{{- if or (include "imageiq.embeddedDatabase" .) (and .Values.migrations.enabled (eq .Values.migrations.mode "initContainer")) }}true{{ end }}
+{{- end }}
+
+{{/*
+True ("true") when a database Secret is set and migrations run in the pre-install/upgrade Job.
+*/}}
+{{- define "imageiq.migrateInJob" -}}
+{{- if and .Values.migrations.enabled (eq .Values.migrations.mode "job") (not (include "imageiq.embeddedDatabase" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+True ("true") when no database Secret is set: SQLite in the pod's data volume.
+*/}}
+{{- define "imageiq.embeddedDatabase" -}}
+{{- if not .Values.secrets.database.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/*
+Environment from Secrets: the database URL, Redis URL, API-key pepper and S3 credentials.
+*/}}
+{{- define "imageiq.secretEnv" -}}
+{{- with .Values.secrets.database }}
+{{- if .existingSecret }}
+- name: IMAGEIQ_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- with .Values.secrets.redis }}
+{{- if .existingSecret }}
+- name: IMAGEIQ_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- with .Values.secrets.apiKeyPepper }}
+{{- if .existingSecret }}
+- name: IMAGEIQ_API_KEY_PEPPER
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- with .Values.secrets.s3 }}
+{{- if .existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .secretAccessKeyKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A setting as an environment variable's text: strings as they are, anything else as JSON
+(numbers never in exponent form, lists as JSON arrays, which the settings accept).
+*/}}
+{{- define "imageiq.envValue" -}}
+{{- if kindIs "string" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
+{{- end }}
