@@ -1,19 +1,35 @@
 #!/usr/bin/env node
-// Writes one self-contained JSON schema per prometheus-operator kind the chart renders, for the
-// offline checks in tests/k8s/kube.py:   node tools/crd-schemas.mjs tools/schemas
+// Writes the schemas the offline checks in tests/k8s/kube.py need but no installed package ships as
+// data:   node tools/crd-schemas.mjs tools/schemas
 //
-// Why TypeScript types: @kubernetes-models/prometheus-operator 6.x no longer ships JSON schemas.
-// Its _schemas/*.js are ajv validators compiled ahead of time (code, not data), and they accept
-// unknown fields. The package's type declarations are generated from the same Go API types
-// (monitoring.coreos.com/v1), so ts-json-schema-generator turns them back into JSON schemas in
-// which every object lists its fields and refuses others. What the types cannot carry (integer vs
-// number, duration patterns) is left to the types' looser equivalents and to promtool.
-import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+//   monitoring.coreos.com-v1-{servicemonitor,prometheusrule}.json: one self-contained JSON schema
+//     per prometheus-operator kind the chart renders;
+//   kubernetes-enums.json: the allowed values of the built-in kinds' enumerated fields, which the
+//     schemas bundled with kubernetes-validate leave out (imagePullPolicy, Service type, ...).
+//
+// Why TypeScript declarations: @kubernetes-models/prometheus-operator 6.x and kubernetes-models
+// 5.x no longer ship JSON schemas. Their _schemas/*.js are ajv validators compiled ahead of time
+// (code, not data), and they accept unknown fields. Their type declarations are generated from the
+// same API definitions, so ts-json-schema-generator turns them back into JSON schemas in which
+// every object lists its fields and refuses others, and string-literal unions are the enums. What
+// TypeScript cannot carry (integer vs number, duration patterns) is left to the looser type and,
+// for rules, to promtool.
+import {
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const PACKAGE = "@kubernetes-models/prometheus-operator";
+// Where the built-in kinds' declarations are: every API group, and meta/v1.
+const BUILTIN_PACKAGES = ["kubernetes-models", "@kubernetes-models/apimachinery"];
 const KINDS = [
   { group: "monitoring.coreos.com", version: "v1", kind: "ServiceMonitor" },
   { group: "monitoring.coreos.com", version: "v1", kind: "PrometheusRule" },
@@ -85,6 +101,85 @@ function schemaFor(target, tsconfig, createGenerator) {
   };
 }
 
+// {"IoK8sApiCoreV1Container": {"imagePullPolicy": {"enum": [...]}}, ...}: the full definition name
+// without dots (as in the declarations' exported aliases), then JSON-schema fragments to merge.
+function builtinEnums(ts) {
+  const enums = {};
+  for (const pkg of BUILTIN_PACKAGES) {
+    const root = dirname(fileURLToPath(import.meta.resolve(pkg)));
+    for (const file of declarationFiles(root)) {
+      const source = ts.createSourceFile(file, readFileSync(file, "utf8"), ts.ScriptTarget.Latest);
+      const fields = {};
+      const aliases = {};
+      for (const statement of source.statements) {
+        if (ts.isInterfaceDeclaration(statement)) {
+          fields[statement.name.text] = enumFields(ts, statement);
+        } else if (ts.isExportDeclaration(statement) && statement.exportClause?.elements) {
+          for (const element of statement.exportClause.elements) {
+            aliases[element.propertyName?.text ?? element.name.text] = element.name.text;
+          }
+        }
+      }
+      for (const [local, found] of Object.entries(fields)) {
+        const full = aliases[local]?.replace(/^I/, "");
+        if (full && Object.keys(found).length) enums[full] = found;
+      }
+    }
+  }
+  return enums;
+}
+
+function* declarationFiles(dir) {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory() && !["_schemas", "node_modules"].includes(entry.name)) {
+      yield* declarationFiles(join(dir, entry.name));
+    } else if (entry.isFile() && entry.name.endsWith(".d.ts")) {
+      yield join(dir, entry.name);
+    }
+  }
+}
+
+function enumFields(ts, declaration) {
+  const found = {};
+  for (const member of declaration.members) {
+    if (!ts.isPropertySignature(member) || !member.type) continue;
+    const name = member.name.text;
+    const values = literalUnion(ts, member.type);
+    if (values) found[name] = { enum: values };
+    const items = arrayItem(ts, member.type);
+    const itemValues = items && literalUnion(ts, items);
+    if (itemValues) found[name] = { items: { enum: itemValues } };
+  }
+  return found;
+}
+
+// "A" | "B" -> ["A", "B"]; a single literal (apiVersion, kind) is not an enum.
+function literalUnion(ts, node) {
+  if (!ts.isUnionTypeNode(node)) return null;
+  const values = node.types.map((type) =>
+    ts.isLiteralTypeNode(type) && ts.isStringLiteral(type.literal) ? type.literal.text : null,
+  );
+  return values.includes(null) ? null : values;
+}
+
+// Array<"A" | "B"> or ("A" | "B")[] -> the element type.
+function arrayItem(ts, node) {
+  if (ts.isTypeReferenceNode(node) && node.typeName.text === "Array") {
+    return node.typeArguments?.[0];
+  }
+  if (!ts.isArrayTypeNode(node)) return null;
+  const element = node.elementType;
+  return ts.isParenthesizedTypeNode(element) ? element.type : element;
+}
+
+// Written aside, then renamed: a second test session never reads half a file.
+function writeJson(outDir, name, value) {
+  const partial = join(outDir, `.${name}.${process.pid}`);
+  writeFileSync(partial, `${JSON.stringify(value, null, 2)}\n`);
+  renameSync(partial, join(outDir, name));
+  console.log(join(outDir, name));
+}
+
 async function main(outDir) {
   if (!outDir) {
     console.error("usage: node tools/crd-schemas.mjs OUTPUT_DIR");
@@ -92,18 +187,18 @@ async function main(outDir) {
   }
   // Imported here, not at the top, so that a missing install is reported below, not as a crash.
   const { createGenerator } = await import("ts-json-schema-generator");
+  const { default: ts } = await import("typescript");
   mkdirSync(outDir, { recursive: true });
   const scratch = mkdtempSync(join(tmpdir(), "crd-schemas-"));
   try {
     const tsconfig = writeTsconfig(scratch, KINDS.map(declarationFile));
     for (const target of KINDS) {
       const name = `${target.group}-${target.version}-${target.kind.toLowerCase()}.json`;
-      // Written aside, then renamed: a second test session never reads half a file.
-      const partial = join(outDir, `.${name}.${process.pid}`);
-      writeFileSync(partial, `${JSON.stringify(schemaFor(target, tsconfig, createGenerator), null, 2)}\n`);
-      renameSync(partial, join(outDir, name));
-      console.log(join(outDir, name));
+      writeJson(outDir, name, schemaFor(target, tsconfig, createGenerator));
     }
+    const sources = BUILTIN_PACKAGES.join(", ");
+    const comment = `Generated by tools/crd-schemas.mjs from ${sources}; do not edit.`;
+    writeJson(outDir, "kubernetes-enums.json", { $comment: comment, ...builtinEnums(ts) });
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
@@ -113,7 +208,8 @@ async function main(outDir) {
 try {
   process.exitCode = await main(process.argv[2]);
 } catch (error) {
-  const missing = error?.code === "ERR_MODULE_NOT_FOUND" || /Cannot find (module|package)/.test(error);
-  console.error(missing ? `${error.message}\nInstall the tools first: npm ci --prefix tools` : error);
+  const missing = error?.code === "ERR_MODULE_NOT_FOUND";
+  const hint = "Install the tools first: npm ci --prefix tools (make tools)";
+  console.error(missing ? `${error.message}\n${hint}` : error);
   process.exitCode = 1;
 }

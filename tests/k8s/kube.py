@@ -3,13 +3,15 @@
 Strict means what the API server would refuse fails here too: an unknown field, a wrong type, a
 value outside an enum, and an apiVersion/kind that the target Kubernetes version does not serve.
 Built-in kinds are checked by kubernetes-validate against its bundled schemas for
-``KUBERNETES_VERSION``; the prometheus-operator kinds against JSON schemas generated from the
-pinned ``@kubernetes-models/prometheus-operator`` package (``tools/crd-schemas.mjs``). Any other
-kind is an error: an object nothing checked is not an object that passed.
+``KUBERNETES_VERSION``, then for the enumerated fields those schemas leave out (imagePullPolicy,
+Service type, ...); the prometheus-operator kinds against JSON schemas generated from the pinned
+``@kubernetes-models/prometheus-operator`` package. Both come from ``tools/crd-schemas.mjs``, run on
+first use. Any other kind is an error: an object nothing checked is not an object that passed.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
@@ -22,6 +24,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import referencing
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,22 +165,77 @@ def _problems(obj: dict[str, Any]) -> Iterator[str]:
         yield f"metadata.name: {name!r} is not a DNS-1123 subdomain (lower case, digits, '-', '.')"
     if (api_version, kind) in CRD_KINDS:
         validator = _crd_validator(api_version, kind)
-        for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path))):
-            yield _describe(error)
+        yield from (_describe(error) for error in _in_order(validator.iter_errors(obj)))
         return
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
         yield f"no schema for {api_version}/{kind} in Kubernetes {KUBERNETES_VERSION}"
+        return
     except kubernetes_validate.ValidationError as error:
+        # kubernetes-validate stops at the first error; the enum pass below still runs.
         yield _describe(error)
     except kubernetes_validate.utils.VersionNotSupportedError as error:
         raise RuntimeError(f"{error.message}: upgrade kubernetes-validate") from error
+    definition = _builtin_definitions()[1].get((api_version, kind))
+    if definition is not None:
+        errors = _enum_validator(definition).iter_errors(obj)
+        yield from (_describe(e) for e in _in_order(errors) if e.validator == "enum")
+
+
+def _in_order(errors: Iterable[jsonschema.ValidationError]) -> list[jsonschema.ValidationError]:
+    return sorted(errors, key=lambda error: [str(part) for part in error.path])
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
     path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.path)
-    return f"{path.lstrip('.')}: {error.message}" if path else error.message
+    message = error.message
+    if error.validator == "enum":  # without the null the enum pass allows, as the schemas do
+        allowed = [value for value in error.validator_value if value is not None]
+        message = f"{error.instance!r} is not one of {allowed}"
+    return f"{path.lstrip('.')}: {message}" if path else message
+
+
+@cache
+def _builtin_definitions() -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+    """kubernetes-validate's definitions with the enums added, and each kind's definition name.
+
+    The enums come from kubernetes-models' type declarations (tools/crd-schemas.mjs), matched by
+    definition name: io.k8s.api.core.v1.Container is IoK8sApiCoreV1Container there.
+    """
+    directory = f"v{KUBERNETES_VERSION}-local-strict"
+    files = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema" / directory
+    definitions = json.loads((files / "_definitions.json").read_text())
+    by_flat_name = {
+        "".join(part[:1].upper() + part[1:] for part in name.split(".")): schema
+        for name, schema in definitions["$defs"].items()
+    }
+    for flat_name, fields in _generated("kubernetes-enums.json").items():
+        if not isinstance(fields, dict):  # $comment
+            continue
+        properties = by_flat_name.get(flat_name, {}).get("properties", {})
+        for field, fragment in fields.items():
+            if field in properties:
+                target, values = properties[field], fragment.get("enum")
+                if "items" in fragment:
+                    target, values = target.get("items", {}), fragment["items"]["enum"]
+                target["enum"] = [*values, None]
+    kinds = {}
+    for name, schema in definitions["$defs"].items():
+        for gvk in schema.get("x-kubernetes-group-version-kind", ()):
+            group_version = f"{gvk['group']}/{gvk['version']}" if gvk["group"] else gvk["version"]
+            kinds[group_version, gvk["kind"]] = name
+    return definitions, kinds
+
+
+@cache
+def _enum_validator(definition: str) -> jsonschema.protocols.Validator:
+    definitions = _builtin_definitions()[0]
+    registry: referencing.Registry[Any] = (
+        referencing.Resource.from_contents(definitions) @ referencing.Registry()
+    )
+    schema = {"$ref": f"{definitions['$id']}#/$defs/{definition}"}
+    return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 @cache
@@ -194,8 +252,12 @@ def _crd_validator(api_version: str, kind: str) -> jsonschema.protocols.Validato
 
 
 def _crd_schema(api_version: str, kind: str) -> dict[str, Any]:
-    """The generated schema, (re)generated when missing or older than tools/package-lock.json."""
-    path = SCHEMAS / f"{api_version.replace('/', '-')}-{kind.lower()}.json"
+    return _generated(f"{api_version.replace('/', '-')}-{kind.lower()}.json")
+
+
+def _generated(name: str) -> dict[str, Any]:
+    """A file of tools/schemas, (re)generated when missing or older than the npm lock file."""
+    path = SCHEMAS / name
     lock = TOOLS / "package-lock.json"
     if not path.exists() or path.stat().st_mtime < lock.stat().st_mtime:
         _run([tool("node"), str(TOOLS / "crd-schemas.mjs"), str(SCHEMAS)], what="crd-schemas.mjs")

@@ -76,8 +76,10 @@ spec:
           envFrom:
             - configMapRef:
                 name: {{ include "imageiq.fullname" $root }}
+          {{- with include "imageiq.secretEnv" $root | trim }}
           env:
-            {{- include "imageiq.secretEnv" $root | nindent 12 }}
+            {{- . | nindent 12 }}
+          {{- end }}
           securityContext:
             {{- toYaml $values.securityContext | nindent 12 }}
           resources:
@@ -99,17 +101,11 @@ spec:
           envFrom:
             - configMapRef:
                 name: {{ include "imageiq.fullname" $root }}
+          {{- $env := include "imageiq.containerEnv" . | trim }}
+          {{- with $env }}
           env:
-            {{- include "imageiq.secretEnv" $root | nindent 12 }}
-            {{- if eq $track "canary" }}
-            {{- range $key, $value := $values.canary.config }}
-            - name: IMAGEIQ_{{ $key | snakecase | upper }}
-              value: {{ include "imageiq.envValue" $value | quote }}
-            {{- end }}
-            {{- end }}
-            {{- with $values.extraEnv }}
-            {{- toYaml . | nindent 12 }}
-            {{- end }}
+            {{- . | nindent 12 }}
+          {{- end }}
           ports:
             - name: http
               containerPort: {{ $values.containerPort }}
@@ -198,4 +194,20 @@ Writable paths under the read-only root filesystem: the data dir (SQLite, images
   mountPath: /tmp
 - name: metrics
   mountPath: {{ .Values.bento.home }}/prometheus_multiproc_dir
+{{- end }}
+
+{{/*
+The server container's env: Secret references, the canary's own settings, extraEnv.
+*/}}
+{{- define "imageiq.containerEnv" -}}
+{{- include "imageiq.secretEnv" .root }}
+{{- if eq .track "canary" }}
+{{- range $key, $value := .root.Values.canary.config }}
+- name: IMAGEIQ_{{ $key | snakecase | upper }}
+  value: {{ include "imageiq.envValue" $value | quote }}
+{{- end }}
+{{- end }}
+{{- with .root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
