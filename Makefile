@@ -83,16 +83,18 @@ ifdef CANARY
 	  --set canary.enabled=true --set canary.weight=$(CANARY) --set canary.image.tag=$(TAG) \
 	  --wait --timeout 15m
 else
+	# Promote: the stable track rolls to TAG first (the canary keeps serving meanwhile),
+	# then the canary goes.
 	helm upgrade $(RELEASE) helm/imageiq -n $(NAMESPACE) --reuse-values $(VALUES) \
-	  --set image.tag=$(TAG) --set canary.enabled=false --wait --timeout 15m
+	  --set image.tag=$(TAG) --wait --timeout 15m
+	helm upgrade $(RELEASE) helm/imageiq -n $(NAMESPACE) --reuse-values $(VALUES) \
+	  --set canary.enabled=false --wait --timeout 15m
 endif
-	kubectl -n $(NAMESPACE) rollout status deployment/$(RELEASE) --timeout 15m
 	helm test $(RELEASE) -n $(NAMESPACE) --logs
 
 # REVISION: a `helm history` revision; empty: the one before the current.
 rollback:
 	helm rollback $(RELEASE) $(REVISION) -n $(NAMESPACE) --wait --timeout 15m
-	kubectl -n $(NAMESPACE) rollout status deployment/$(RELEASE) --timeout 15m
 	helm test $(RELEASE) -n $(NAMESPACE) --logs
 
 format: install

@@ -77,6 +77,7 @@ def test_defaults_turn_optional_features_off() -> None:
     assert kinds == {"ConfigMap", "Deployment", "Pod", "PodDisruptionBudget", "Service"} | {
         "ServiceAccount"
     }
+    assert objects()[("Deployment", "imageiq")]["spec"]["replicas"] == 1
 
 
 # ---- broken inputs fail ------------------------------------------------------------------
@@ -190,6 +191,7 @@ def test_a_canary_shares_the_fleet(replicas: int, weight: int, canary: int, stab
     rendered = objects(
         sets=(
             f"replicaCount={replicas}",
+            "secrets.database.existingSecret=db",
             "canary.enabled=true",
             f"canary.weight={weight}",
             "canary.image.tag=v4",
@@ -286,11 +288,36 @@ def test_helm_test_pod_checks_readiness_and_classify() -> None:
 def test_values_schema_is_a_valid_schema_and_covers_values_yaml() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    for path in [CHART / "values.yaml", *VALUES_FILES]:
-        values = yaml.safe_load(path.read_text()) or {}
-        if path.name != "values.yaml":  # overrides: merged over the defaults by helm
-            continue
-        jsonschema.Draft7Validator(schema).validate(values)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator(schema).validate(defaults)
+    # The schema rejects what helm would: an unknown key at any level of values.yaml.
+    broken = {**defaults, "probes": {**defaults["probes"], "readyness": {}}}
+    with pytest.raises(jsonschema.ValidationError, match="readyness"):
+        jsonschema.Draft7Validator(schema).validate(broken)
+
+
+def test_several_pods_need_a_shared_database() -> None:
+    for many in ("replicaCount=2", "autoscaling.enabled=true"):
+        with pytest.raises(RuntimeError, match="shared database"):
+            render(CHART, set_values=[many])
+    render(CHART, set_values=["replicaCount=2", "secrets.database.existingSecret=db"])
+
+
+def test_the_network_policy_admits_the_helm_test_pod() -> None:
+    rendered = objects(CHART / "ci/production-values.yaml")
+    policy = rendered[("NetworkPolicy", "imageiq")]["spec"]
+    (test_pod,) = [o for (kind, _), o in rendered.items() if kind == "Pod"]
+    selected = policy["podSelector"]["matchLabels"]
+    assert not selected.items() <= test_pod["metadata"]["labels"].items()  # egress rules: not its
+    peers = policy["ingress"][0]["from"]
+    assert any(
+        p.get("podSelector", {}).get("matchLabels", {}).items()
+        <= test_pod["metadata"]["labels"].items()
+        and "namespaceSelector" not in p
+        for p in peers
+    )
+    server = rendered[("Deployment", "imageiq")]["spec"]["template"]["metadata"]["labels"]
+    assert selected.items() <= server.items()
 
 
 def test_config_schema_matches_the_settings() -> None:
