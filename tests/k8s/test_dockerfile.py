@@ -43,8 +43,9 @@ def test_the_dockerfile_matches_the_chart(bento: Path) -> None:
     path = re.search(r"^ARG BENTO_PATH=(\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
     assert re.search(r"^WORKDIR \$BENTO_PATH$", text, re.M)
     assert VALUES["bento"]["sourceDir"] == f"{path}/src"
-    home = re.search(r"^ENV BENTOML_HOME=(\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
-    assert home.rstrip("/") == VALUES["bento"]["home"]
+    # The image's BENTOML_HOME (/home/bentoml) is on the read-only root: the chart moves it
+    # under the /tmp emptyDir, where `bentoml serve` may create its folders.
+    assert VALUES["bento"]["home"].startswith("/tmp/")
     assert re.search(rf"^EXPOSE {VALUES['containerPort']}$", text, re.M)
     entry = re.search(r'^ENTRYPOINT \[ "(\S+)" \]$', text, re.M).group(1)  # type: ignore[union-attr]
     assert entry == f"{path}/env/docker/entrypoint.sh"

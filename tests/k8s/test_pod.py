@@ -116,11 +116,12 @@ def pod_and_url(
         )
     )
     pod = Pod(load_all(render(CHART, values_files=[values])), tmp / "volumes", secrets={})
-    home = tmp / "bentoml-home"  # the image's BENTOML_HOME: the models, its own metrics dir
-    home.mkdir()
-    (home / "models").symlink_to(TEST_HOME / "models", target_is_directory=True)
-    base_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    base_env.pop("IMAGEIQ_MODELS", None)
+    # `bentoml containerize` copies the bento's models into it (/home/bentoml/bento/models).
+    if not (bento / "models").exists():
+        (bento / "models").symlink_to(TEST_HOME / "models", target_is_directory=True)
+    # BENTOML_HOME comes from the chart (a mounted path); nothing else of ours leaks in.
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("BENTOML_", "IMAGEIQ_"))}
+    base_env["BENTOML_DO_NOT_TRACK"] = "True"
     # Init containers first, as the kubelet runs them: the SQLite migration.
     assert [c["name"] for c in pod.init] == ["migrate"]
     for init in pod.init:

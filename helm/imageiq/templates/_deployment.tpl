@@ -153,10 +153,6 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $values.tmpVolume.sizeLimit }}
-        - name: metrics
-          emptyDir:
-            medium: Memory
-            sizeLimit: 64Mi
       {{- with $values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
@@ -187,16 +183,14 @@ spec:
 {{- end }}
 
 {{/*
-Writable paths under the read-only root filesystem: the data dir (SQLite, images, spool),
-/tmp, and BentoML's Prometheus multiprocess directory.
+Writable paths under the read-only root filesystem: the data dir (SQLite, images, spool) and
+/tmp (BentoML's sockets and BENTOML_HOME, torch's caches).
 */}}
 {{- define "imageiq.volumeMounts" -}}
 - name: data
   mountPath: {{ .Values.dataVolume.mountPath }}
 - name: tmp
   mountPath: /tmp
-- name: metrics
-  mountPath: {{ .Values.bento.home }}/prometheus_multiproc_dir
 {{- end }}
 
 {{/*
