@@ -247,6 +247,18 @@ def prepare_database(env: dict[str, str]) -> str:
     return key
 
 
+def stop_session(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM the session a test started with ``start_new_session=True`` (the server and
+    its workers), SIGKILL it if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def running_server(
     model: RegisteredModel,
@@ -315,13 +327,7 @@ def running_server(
             time.sleep(0.3)
         yield Server(url, model, log, proc, key, env)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_session(proc, timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ free port instead of 3000 (set through the chart's containerPort value).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 import yaml
 
 from imageiq.registry import RegisteredModel
-from tests.conftest import TEST_HOME, _free_port
+from tests.conftest import TEST_HOME, _free_port, stop_session
 from tests.k8s.kube import ROOT, load_all, render
 
 pytestmark = pytest.mark.slow
@@ -147,13 +146,7 @@ def pod_and_url(
     try:
         yield pod, f"http://127.0.0.1:{port}"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_session(proc, timeout=60)
         print(log.read_text()[-2000:])
 
 
