@@ -14,7 +14,7 @@ DEMO_KEY ?= .data/demo.key
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: install tools serve demo-model test test-k8s lint format clean k8s dashboards chart-schema rollout rollback
+.PHONY: install tools serve demo-model test test-k8s lint format clean k8s dashboards chart-schema rollout rollback load bench
 
 install: $(VENV)/.install-stamp
 
@@ -49,7 +49,8 @@ lint: install tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy load-tests/benchmark.py load-tests/cache_load.py scripts monitoring/dashboards.py
+	$(BIN)/mypy load-tests/bench.py load-tests/bench_report.py load-tests/cache_load.py load-tests/locustfile.py \
+	  load-tests/load_data.py load-tests/load_checks.py load-tests/run_load.py scripts monitoring/dashboards.py
 	$(BIN)/yamllint --strict .
 	$(HELM) lint --strict helm/imageiq
 
@@ -61,6 +62,28 @@ test: lint
 # The Kubernetes checks alone.
 test-k8s: lint
 	$(BIN)/python -m pytest tests/k8s
+
+# Load test (locust, headless; load-tests/locustfile.py): STAGES=smoke (45 s, 8 users) or
+# default (3 min, up to 16 users), bounded by its stages. Without URL it serves the demo model
+# itself on 127.0.0.1 (state in .load/service, stopped at the end); URL=http://host:port
+# KEY=iiq_... targets a running service instead. USERS scales the peak, IMAGES adds a folder of
+# images, CACHE=no|any when the service's cache is off. Reports: $(LOAD_OUT)/report.html and
+# $(LOAD_OUT)/stats_*.csv; the exit status is the failure gate's.
+STAGES ?= default
+LOAD_OUT ?= .load/results
+CACHE ?= yes
+ifdef KEY
+load: export IMAGEIQ_API_KEY = $(KEY)
+endif
+load: install
+	$(BIN)/python load-tests/run_load.py --stages $(STAGES) --out $(LOAD_OUT) --expect-cache $(CACHE) \
+	  $(if $(URL),--url '$(URL)') $(if $(USERS),--users $(USERS)) $(if $(IMAGES),--images '$(IMAGES)') \
+	  $(LOAD_ARGS)
+
+# Serving benchmark (load-tests/bench.py; docs/performance.md). Its models (a ResNet-50 trained
+# on the digits, its int8 version, an EfficientNet-B0) live in a model store of their own.
+bench: install
+	BENTOML_HOME=$(CURDIR)/.bentoml-bench $(BIN)/python load-tests/bench.py $(BENCH_ARGS)
 
 # Regenerate what is derived: k8s/ from the chart, the dashboards, the chart's settings schema.
 k8s: install tools
@@ -102,4 +125,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf .bentoml-test .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/schemas
+	rm -rf .bentoml-test .load .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/schemas

@@ -3,7 +3,7 @@
 Request path: an endpoint of the FastAPI app mounted at ``/v1`` reads the request
 (:mod:`bentos.inputs`), picks the served model (:class:`imageiq.pool.ModelPool`), decodes and
 preprocesses each image in a worker thread into a uint8 tensor, and awaits that model's
-adaptive-batching queue (:class:`imageiq.batching.Batcher`, BentoML's dispatcher), which
+adaptive-batching queue (:class:`imageiq.batching.Batcher`, continuous batching), which
 runs merged batches on the one inference thread. The probabilities come back and are shaped
 into the response.
 
@@ -149,6 +149,9 @@ def _declared_models() -> list[bentoml.models.BentoModel]:
     workers=1,
     # BentoML's own deadline sits behind RequestGuard's, which answers in the error envelope.
     traffic={"timeout": SETTINGS.request_timeout_s + 10},
+    # RequestGuard writes one `imageiq.access` record per /v1 request (with the request id,
+    # key, model and error code); BentoML's own access line would be a second, poorer one.
+    logging={"access": {"enabled": False}},
 )
 @bentoml.asgi_app(api, path="/v1")
 class ImageClassifier:

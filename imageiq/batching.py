@@ -1,22 +1,26 @@
-"""Adaptive batching, one queue per served model.
+"""Adaptive batching, one queue per served model: continuous batching that never waits.
 
-The queue is BentoML's ``CorkDispatcher``: the same algorithm that drives a
-``@bentoml.api(batchable=True)`` endpoint. It learns how long a batch of n takes and holds
-requests back only while waiting is expected to pay off, within ``max_latency_ms``. A
-batchable endpoint owns exactly one dispatcher, so several models side by side each get
-their own here, and images reach it without an HTTP hop. It is imported from BentoML's
-internals (pinned ``bentoml==1.4.39``; the service tests exercise it).
+When the model is idle, a request runs at once, alone. While a batch runs, new requests
+queue; when it finishes, the next batch takes everything queued (up to ``max_batch_size``)
+and runs at once. So the batch size follows the load by itself: 1 at one client, close to
+the number of concurrent clients under load. There is no timer and no learned model of the
+batch cost, so no request ever waits for a batch to fill, and a burst leaves nothing behind
+(see docs/performance.md: BentoML's ``CorkDispatcher``, which learns when to wait, kept
+waiting at one client after a burst of 64, and was slower there than no batching at all).
+
+``max_latency_ms`` sheds load: an image that waited longer than that for its batch is
+refused with 503 ``overloaded`` instead of being run late.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
 from imageiq.errors import Overloaded
 from imageiq.metrics import metrics
@@ -32,12 +36,11 @@ class BatchOutput:
     inference_s: float
 
 
-class _Dropped(Exception):
-    """The dispatcher gave up on a queued image (it would miss its latency budget)."""
-
-
-def _dropped() -> BatchOutput:
-    raise _Dropped
+@dataclass
+class _Queued:
+    image: torch.Tensor
+    answer: asyncio.Future[BatchOutput]
+    since: float
 
 
 class Batcher:
@@ -47,29 +50,54 @@ class Batcher:
     def __init__(self, runner: ModelRunner, *, max_batch_size: int, max_latency_ms: int) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
-        self._dispatcher: CorkDispatcher[torch.Tensor, BatchOutput] | None = None
-        if max_batch_size > 1:
-            self._dispatcher = CorkDispatcher(
-                max_latency_in_ms=max_latency_ms,
-                max_batch_size=max_batch_size,
-                fallback=_dropped,
-                get_batch_size=lambda _: 1,
-            )
-            self._queued = self._dispatcher(self._run_batch)
+        self.max_latency_s = max_latency_ms / 1000
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._drainer: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def __call__(self, image: torch.Tensor) -> BatchOutput:
-        if self._dispatcher is None:
-            return (await self._run_batch([image]))[0]
-        try:
-            return await self._queued(image)  # type: ignore[return-value]
-        except _Dropped:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # our own request was cancelled
-                raise asyncio.CancelledError from None
-            raise Overloaded(
-                f"Model {self.runner.tag} has more queued work than its latency budget "
-                "allows; retry shortly."
-            ) from None
+        if self._closed:
+            raise Overloaded(f"Model {self.runner.tag} was retired; retry.")
+        answer: asyncio.Future[BatchOutput] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(image, answer, time.monotonic()))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await answer  # a cancelled request leaves a cancelled future: skipped below
+
+    async def _drain(self) -> None:
+        """Runs batches back to back while anything is queued."""
+        while self._queue:
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                outputs = await self._run_batch([q.image for q in batch])
+            except Exception as e:  # the model failed: every image of the batch hears why
+                for q in batch:
+                    if not q.answer.done():
+                        q.answer.set_exception(e)
+                continue
+            for q, out in zip(batch, outputs, strict=True):
+                if not q.answer.done():
+                    q.answer.set_result(out)
+
+    def _take(self) -> list[_Queued]:
+        batch: list[_Queued] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch_size:
+            q = self._queue.popleft()
+            if q.answer.done():  # its request was cancelled
+                continue
+            if now - q.since > self.max_latency_s:
+                q.answer.set_exception(
+                    Overloaded(
+                        f"Model {self.runner.tag} has more queued work than its latency "
+                        "budget allows; retry shortly."
+                    )
+                )
+                continue
+            batch.append(q)
+        return batch
 
     async def _run_batch(self, images: Sequence[torch.Tensor]) -> list[BatchOutput]:
         started = time.perf_counter()
@@ -84,5 +112,9 @@ class Batcher:
         ]
 
     def close(self) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.shutdown()
+        """No new images; the queued ones are refused (a retired model has none left)."""
+        self._closed = True
+        while self._queue:
+            q = self._queue.popleft()
+            if not q.answer.done():
+                q.answer.set_exception(Overloaded(f"Model {self.runner.tag} was retired; retry."))

@@ -74,9 +74,10 @@ class Settings(BaseSettings):
     # torch.compile the network at load (slower start, faster steady state).
     compile: bool = False
 
-    # Adaptive batching (BentoML's dispatcher, one queue per model): the largest batch it may
-    # form (1 turns batching off), and the latency budget a queued image may spend before it
-    # is refused with 503 (load shedding). Half the request deadline: a burst of batch
+    # Adaptive batching (continuous batching, one queue per model: an idle model runs a
+    # request at once, a busy one batches what queued meanwhile): the largest batch it may
+    # form (1 turns batching off), and the time a queued image may wait for its batch before
+    # it is refused with 503 (load shedding). Half the request deadline: a burst of batch
     # requests queues rather than fails, and a request still has time to finish.
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_latency_ms: int = Field(30_000, ge=10, le=600_000)

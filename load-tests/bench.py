@@ -1,0 +1,485 @@
+"""Benchmark: the in-process ceiling against the served API, measured side by side in one run.
+
+    make bench                                   # the full run; rewrites docs/performance.md
+    .venv/bin/python load-tests/bench.py --quick --no-docs   # a short smoke run
+
+What one run measures, on this machine only (127.0.0.1), bounded in time and count:
+
+1. Models: a ResNet-50 trained from scratch on scikit-learn's digits at 224 px (two epochs:
+   minutes on 2 cores, and a real validation split), its int8 version from
+   ``imageiq quantize`` (refused if it loses more than one point of top-1 on that split), and
+   an untrained EfficientNet-B0. Throughput does not depend on the weights; accuracy does,
+   which is why the int8 model is a trained one.
+2. The ceiling: each model in-process at batch 1, 2, 4 ... 32 with the service's own
+   inference settings, on a model thread like the server's; the best batch is the ceiling.
+3. Served: ``bentoml serve`` per model, with adaptive batching on and off, closed-loop clients
+   at concurrency 1, 4, 16, 64 and then 1 again; every request a distinct 224x224 JPEG (a
+   different comment segment, so the cache never answers), with an API key, through auth,
+   rate limiting, the cache lookup and the prediction log, as in production. Then, for
+   ResNet-50: the cache-hit path, a 4000x3000 JPEG against the 224x224 one, and the batch
+   endpoint.
+
+Writes the numbers as JSON, a plot (throughput and p99 against concurrency) and a Markdown
+report; with ``--docs`` (the default) the report replaces the generated part of
+docs/performance.md. Every server is a process group this script starts and ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml-bench"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aiohttp  # noqa: E402
+import bench_report  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from imageiq.inference import Classifier, InferenceOptions, resolve_precision  # noqa: E402
+from imageiq.registry import RegisteredModel, get_model  # noqa: E402
+from imageiq.settings import Settings  # noqa: E402
+
+DIGITS = ROOT / ".data" / "digits"
+OUT = ROOT / "docs" / "benchmarks"
+BATCHES = (1, 2, 4, 8, 16, 32)
+CONCURRENCY = (1, 4, 16, 64)
+BULK_IMAGES = 16  # images per /v1/classify/batch request
+
+
+# --- images -----------------------------------------------------------------------------------
+def photo(width: int, height: int) -> Image.Image:
+    """A real photograph (scikit-learn's sample image), resized: camera-like JPEG content."""
+    from sklearn.datasets import load_sample_image
+
+    return Image.fromarray(load_sample_image("china.jpg")).resize(
+        (width, height), Image.Resampling.BICUBIC
+    )
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def unique(data: bytes, n: int) -> bytes:
+    """The same JPEG with a comment segment naming ``n``: same pixels, a different sha256."""
+    comment = f"imageiq-bench {n}".encode()
+    return data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
+
+
+# --- models -----------------------------------------------------------------------------------
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "imageiq", *args], cwd=ROOT, check=True)
+
+
+def newest(name: str) -> RegisteredModel | None:
+    try:
+        return get_model(f"{name}:latest")
+    except Exception:  # not registered yet
+        return None
+
+
+def prepare_models(*, retrain: bool, quick: bool) -> dict[str, RegisteredModel]:
+    """The three models, trained or quantized only when this model store lacks them."""
+    if not DIGITS.exists():
+        from imageiq.demo import write_digits
+
+        write_digits(DIGITS)
+    models: dict[str, RegisteredModel] = {}
+    resnet = None if retrain else newest("bench-resnet50")
+    if resnet is None:
+        precision = resolve_precision("auto", torch.device("cpu"))  # bf16 where native
+        cli(
+            *("train", "--data", str(DIGITS), "--arch", "resnet50", "--image-size", "224"),
+            *("--resize-size", "224", "--epochs", "2", "--precision", precision),
+            *("--batch-size", "32", "--warmup-epochs", "0.25", "--crop-scale", "1"),
+            *("--no-hflip", "--color-jitter", "0", "--model-name", "bench-resnet50"),
+        )
+        resnet = get_model("bench-resnet50:latest")
+    models["resnet50"] = resnet
+    int8 = None if retrain else newest("bench-resnet50-int8")
+    if int8 is None or int8.card.training_config.get("parent") != resnet.tag:
+        cli(
+            *("quantize", "--model", resnet.tag, "--data", str(DIGITS)),
+            *("--name", "bench-resnet50-int8", "--max-accuracy-drop", "0.01"),
+        )
+        int8 = get_model("bench-resnet50-int8:latest")
+    models["resnet50 int8"] = int8
+    if not quick:
+        effnet = None if retrain else newest("bench-efficientnet_b0")
+        if effnet is None:
+            effnet = untrained("efficientnet_b0")
+        models["efficientnet_b0"] = effnet
+    return models
+
+
+def untrained(arch: str) -> RegisteredModel:
+    from imageiq.architectures import build_model
+    from imageiq.preprocessing import PreprocessConfig
+    from imageiq.registry import ModelCard, register_model
+
+    torch.manual_seed(0)
+    labels = [str(i) for i in range(10)]
+    net = build_model(arch=arch, num_classes=len(labels))
+    card = ModelCard(
+        architecture=arch,
+        labels=labels,
+        preprocessing=PreprocessConfig(resize_size=224, crop_size=224),
+    )
+    return register_model(net, card, name=f"bench-{arch}")
+
+
+# --- the ceiling: the model in-process --------------------------------------------------------
+def ceiling(model: RegisteredModel, *, seconds: float, threads: int) -> dict[str, Any]:
+    """Images/s at each batch size with the service's settings, on one model thread."""
+    settings = Settings()
+    options = InferenceOptions(
+        precision=settings.precision,
+        channels_last=settings.channels_last,
+        compile=settings.compile,
+    )
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as thread:  # one model thread, as in the server
+        thread.submit(torch.set_num_threads, threads).result()
+        classifier = thread.submit(
+            Classifier.load, model.tag, device=settings.device, options=options, threads=threads
+        ).result()
+        side = classifier.input_shape[-1]
+        probe = torch.randint(0, 256, (max(BATCHES), 3, side, side), dtype=torch.uint8)
+
+        def timed(batch: torch.Tensor) -> tuple[float, list[float]]:
+            for _ in range(2):
+                classifier.predict_proba(batch)
+            calls: list[float] = []
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds or len(calls) < 3:
+                t = time.perf_counter()
+                classifier.predict_proba(batch)
+                calls.append(time.perf_counter() - t)
+            return len(calls) * len(batch) / (time.perf_counter() - started), calls
+
+        per_batch: dict[int, float] = {}
+        latency_ms = 0.0
+        for size in BATCHES:
+            img_s, calls = thread.submit(timed, probe[:size]).result()
+            per_batch[size] = round(img_s, 1)
+            if size == 1:
+                latency_ms = round(statistics.median(calls) * 1000, 2)
+            print(f"  ceiling {model.tag} batch {size}: {img_s:.1f} img/s", file=sys.stderr)
+    best = max(per_batch, key=lambda b: per_batch[b])
+    return {
+        "runtime": "onnxruntime int8" if classifier.int8 is not None else classifier.precision,
+        "img_s": per_batch,
+        "best_batch": best,
+        "best_img_s": per_batch[best],
+        "batch1_latency_ms": latency_ms,
+    }
+
+
+# --- the served API ---------------------------------------------------------------------------
+@dataclass
+class Phase:
+    """One closed-loop measurement: ``concurrency`` clients, each sending its next request
+    as soon as the last one is answered, for ``seconds`` after a warm-up."""
+
+    name: str
+    concurrency: int
+    kind: str = "single"  # single | bulk | cache | large
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class Load:
+    def __init__(self, url: str, key: str, *, small: bytes, large: bytes) -> None:
+        self.url, self.headers = url, {"Authorization": f"Bearer {key}"}
+        self.small, self.large = small, large
+        self.counter = 0
+
+    def body(self, kind: str) -> tuple[str, aiohttp.FormData, int]:
+        self.counter += 1
+        form = aiohttp.FormData()
+        if kind == "bulk":
+            for i in range(BULK_IMAGES):
+                data = unique(self.small, self.counter * BULK_IMAGES + i)
+                form.add_field("images", data, filename=f"{i}.jpg", content_type="image/jpeg")
+            return "/v1/classify/batch", form, BULK_IMAGES
+        if kind == "cache":
+            data = self.small
+        else:
+            data = unique(self.large if kind == "large" else self.small, self.counter)
+        form.add_field("image", data, filename="p.jpg", content_type="image/jpeg")
+        return "/v1/classify", form, 1
+
+    async def run(self, phase: Phase, *, seconds: float) -> dict[str, Any]:
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        images = 0
+        errors: list[str] = []
+        connector = aiohttp.TCPConnector(limit=phase.concurrency)
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(
+            self.url, headers=self.headers, connector=connector, timeout=timeout
+        ) as session:
+
+            async def client(until: float, record: bool) -> None:
+                nonlocal images
+                while time.perf_counter() < until:
+                    path, form, n = self.body(phase.kind)
+                    started = time.perf_counter()
+                    async with session.post(path, data=form) as resp:
+                        body = await resp.read()
+                    elapsed = time.perf_counter() - started
+                    if not record:
+                        continue
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                    if resp.status == 200:
+                        latencies.append(elapsed)
+                        images += n
+                    elif len(errors) < 5:
+                        errors.append(f"{resp.status}: {body[:200]!r}")
+
+            if phase.kind == "cache":  # the first call is the miss that fills the cache
+                path, form, _ = self.body("cache")
+                async with session.post(path, data=form) as resp:
+                    await resp.read()
+            warmup = min(2.0, seconds / 4)
+            await asyncio.gather(
+                *(client(time.perf_counter() + warmup, False) for _ in range(phase.concurrency))
+            )
+            started = time.perf_counter()
+            until = started + seconds
+            await asyncio.gather(*(client(until, True) for _ in range(phase.concurrency)))
+            wall = time.perf_counter() - started
+        q = np.percentile(latencies, [50, 95, 99]) * 1000 if latencies else [0.0] * 3
+        return {
+            "requests": sum(statuses.values()),
+            "non_2xx": sum(n for s, n in statuses.items() if not 200 <= s < 300),
+            "statuses": {str(s): n for s, n in sorted(statuses.items())},
+            "errors": errors,
+            "img_s": round(images / wall, 1),
+            "p50_ms": round(float(q[0]), 2),
+            "p95_ms": round(float(q[1]), 2),
+            "p99_ms": round(float(q[2]), 2),
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_state(data_dir: Path) -> str:
+    """A migrated SQLite database for one server, and an API key for it."""
+    from imageiq.backends import open_database
+    from imageiq.db.engine import upgrade
+    from imageiq.keys import create_key
+
+    engine = open_database(Settings(data_dir=data_dir))
+    upgrade(engine)
+    key, _ = create_key(engine, name="bench", scopes=["classify"], pepper=b"")
+    engine.dispose()
+    return key
+
+
+def serve(
+    model: RegisteredModel,
+    *,
+    batching: bool,
+    phases: list[Phase],
+    seconds: float,
+    workdir: Path,
+    env: dict[str, str],
+) -> list[Phase]:
+    port = free_port()
+    data_dir = workdir / f"state-{port}"
+    key = prepare_state(data_dir)
+    log = workdir / f"server-{port}.log"
+    server_env = {
+        **os.environ,
+        "IMAGEIQ_MODELS": model.tag,
+        "IMAGEIQ_DATA_DIR": str(data_dir),
+        "IMAGEIQ_LOG_FORMAT": "json",
+        # The load comes from one key, far above any client's fair share.
+        "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
+        "IMAGEIQ_MAX_BATCH_SIZE": env.get("IMAGEIQ_MAX_BATCH_SIZE", "") if batching else "1",
+        **{k: v for k, v in env.items() if k != "IMAGEIQ_MAX_BATCH_SIZE"},
+    }
+    if not server_env["IMAGEIQ_MAX_BATCH_SIZE"]:
+        del server_env["IMAGEIQ_MAX_BATCH_SIZE"]  # the service's default
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bentoml", "serve", "bentos.service:ImageClassifier"),
+                *("--host", "127.0.0.1", "--port", str(port)),
+            ],
+            cwd=ROOT,
+            env=server_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        load = Load(url, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000)))
+        for phase in phases:
+            phase.result = asyncio.run(load.run(phase, seconds=seconds))
+            print(f"  served {model.tag} batching={batching} {phase}", file=sys.stderr)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return phases
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"the server did not get ready; its log ({log}):\n{tail}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+def model_phases() -> list[Phase]:
+    phases = [Phase(f"c={c}", c) for c in CONCURRENCY]
+    return [*phases, Phase(f"c=1 after c={CONCURRENCY[-1]}", 1)]
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_bf16" in flags,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per served phase")
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="per batch size")
+    parser.add_argument("--quick", action="store_true", help="ResNet-50 only, short phases")
+    parser.add_argument("--retrain", action="store_true", help="train and quantize again")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the JSON and plot")
+    parser.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the report into docs/performance.md",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.ceiling_seconds = min(args.seconds, 3.0), min(args.ceiling_seconds, 1.0)
+
+    threads = Settings().torch_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    started = time.time()
+    models = prepare_models(retrain=args.retrain, quick=args.quick)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": Settings().model_dump(
+            include={"precision", "channels_last", "compile", "max_batch_size", "jpeg_draft"}
+        ),
+        "seconds_per_phase": args.seconds,
+        "models": {
+            name: {"tag": m.tag, "architecture": m.card.architecture, "metrics": m.card.metrics}
+            for name, m in models.items()
+        },
+        "ceiling": {},
+        "served": [],
+    }
+    for name, model in models.items():
+        results["ceiling"][name] = ceiling(model, seconds=args.ceiling_seconds, threads=threads)
+
+    with tempfile.TemporaryDirectory(prefix="imageiq-bench-") as tmp:
+        for name, model in models.items():
+            for batching in (True, False):
+                if name == "resnet50 int8" and not batching:
+                    continue  # int8 is measured for its best case only
+                phases = model_phases()
+                if name == "resnet50" and batching:
+                    phases += [
+                        Phase("large 4000x3000, c=1", 1, "large"),
+                        Phase("cache hit, c=1", 1, "cache"),
+                    ]
+                if name.startswith("resnet50") and batching:
+                    phases.append(Phase(f"batch endpoint, {BULK_IMAGES} images, c=4", 4, "bulk"))
+                serve(
+                    model,
+                    batching=batching,
+                    phases=phases,
+                    seconds=args.seconds,
+                    workdir=Path(tmp),
+                    env={},
+                )
+                results["served"].append(
+                    {
+                        "model": name,
+                        "batching": batching,
+                        "phases": [asdict(p) for p in phases],
+                    }
+                )
+    results["elapsed_s"] = round(time.time() - started)
+    results["targets"] = bench_report.targets(results)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "bench-gpu" if results["machine"]["gpu"] else "bench-cpu"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    bench_report.plot(results, args.out / f"{stem}.png")
+    report = bench_report.markdown(results, plot=f"benchmarks/{stem}.png")
+    print(report)
+    if args.docs:
+        bench_report.write_into(ROOT / "docs" / "performance.md", report)
+    failed = [t for t in results["targets"] if not t["ok"]]
+    print(f"\n{len(results['targets']) - len(failed)} of {len(results['targets'])} targets met")
+
+
+if __name__ == "__main__":
+    main()
