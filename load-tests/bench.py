@@ -32,13 +32,12 @@ import io
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +52,7 @@ import aiohttp  # noqa: E402
 import bench_report  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from local_server import serving  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imageiq.inference import Classifier, InferenceOptions, resolve_precision  # noqa: E402
@@ -159,8 +159,6 @@ def ceiling(model: RegisteredModel, *, seconds: float, threads: int) -> dict[str
         channels_last=settings.channels_last,
         compile=settings.compile,
     )
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1) as thread:  # one model thread, as in the server
         thread.submit(torch.set_num_threads, threads).result()
         classifier = thread.submit(
@@ -284,12 +282,6 @@ class Load:
         }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def prepare_state(data_dir: Path) -> str:
     """A migrated SQLite database for one server, and an API key for it."""
     from imageiq.backends import open_database
@@ -310,12 +302,9 @@ def serve(
     phases: list[Phase],
     seconds: float,
     workdir: Path,
-    env: dict[str, str],
 ) -> list[Phase]:
-    port = free_port()
-    data_dir = workdir / f"state-{port}"
+    data_dir = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
     key = prepare_state(data_dir)
-    log = workdir / f"server-{port}.log"
     server_env = {
         **os.environ,
         "IMAGEIQ_MODELS": model.tag,
@@ -323,54 +312,15 @@ def serve(
         "IMAGEIQ_LOG_FORMAT": "json",
         # The load comes from one key, far above any client's fair share.
         "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
-        "IMAGEIQ_MAX_BATCH_SIZE": env.get("IMAGEIQ_MAX_BATCH_SIZE", "") if batching else "1",
-        **{k: v for k, v in env.items() if k != "IMAGEIQ_MAX_BATCH_SIZE"},
     }
-    if not server_env["IMAGEIQ_MAX_BATCH_SIZE"]:
-        del server_env["IMAGEIQ_MAX_BATCH_SIZE"]  # the service's default
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "bentoml", "serve", "bentos.service:ImageClassifier"),
-                *("--host", "127.0.0.1", "--port", str(port)),
-            ],
-            cwd=ROOT,
-            env=server_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log)
+    if not batching:
+        server_env["IMAGEIQ_MAX_BATCH_SIZE"] = "1"  # else the service's default
+    with serving(server_env, data_dir / "server.log") as url:
         load = Load(url, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000)))
         for phase in phases:
             phase.result = asyncio.run(load.run(phase, seconds=seconds))
             print(f"  served {model.tag} batching={batching} {phase}", file=sys.stderr)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     return phases
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"the server did not get ready; its log ({log}):\n{tail}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
 
 
 def model_phases() -> list[Phase]:
@@ -457,7 +407,6 @@ def main() -> None:
                     phases=phases,
                     seconds=args.seconds,
                     workdir=Path(tmp),
-                    env={},
                 )
                 results["served"].append(
                     {

@@ -20,16 +20,14 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 from load_data import STAGES
+from local_server import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -103,56 +101,10 @@ def local_service(state: Path) -> Iterator[tuple[str, str]]:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    port = free_port()
-    log = state / "server.log"
-    serve = [str(BIN / "bentoml"), "serve", "bentos.service:ImageClassifier"]
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [*serve, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, stopped below
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        print(f"load test: serving on {url} (log {log})", flush=True)
-        wait_ready(url, server, log)
+    print(f"load test: starting the service (log {state / 'server.log'})", flush=True)
+    with serving(env, state / "server.log") as url:
+        print(f"load test: serving on {url}", flush=True)
         yield url, key_file.read_text().strip()
-    finally:
-        stop(server)
-
-
-def wait_ready(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the service exited with {server.returncode}: see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the service was not ready in {timeout:.0f} s: see {log}")
-
-
-def stop(server: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it has not exited in time."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

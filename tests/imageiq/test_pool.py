@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from imageiq.batching import Batcher
-from imageiq.errors import ModelNotFound
+from imageiq.errors import ModelNotFound, Overloaded
 from imageiq.inference import Classifier
 from imageiq.pool import ConfigWatcher, ModelPool
 from imageiq.registry import RegisteredModel
@@ -121,5 +121,31 @@ def test_batcher_merges_concurrent_images_and_answers_each_its_row(
             assert torch.allclose(out.probabilities["label"][0], expected[row], atol=1e-5)
         single = await asyncio.gather(*(unbatched(im) for im in images[:4]))
         assert [o.batch_size for o in single] == [1, 1, 1, 1]
+
+    asyncio.run(scenario())
+
+
+def test_batcher_runs_a_lone_image_alone_after_a_burst_and_sheds_late_ones(
+    thread: InferenceThread, digits_model: RegisteredModel
+) -> None:
+    settings = Settings(models=[digits_model.tag], max_batch_size=16)
+    pool = ready(ModelPool(settings, thread=thread))
+    served = pool.resolve(None)
+    classifier = served.runner.classifier
+    images = [classifier.prepare(photo(seed=i)) for i in range(64)]
+    impatient = Batcher(served.runner, max_batch_size=16, max_latency_ms=0)
+
+    async def scenario() -> None:
+        burst = await asyncio.gather(*(served.batcher(im) for im in images))
+        assert max(o.batch_size for o in burst) > 1
+        # right after the burst, one client alone: its image runs alone
+        for im in images[:3]:
+            assert (await served.batcher(im)).batch_size == 1
+        # a budget of 0 ms: every image has waited longer than that when its batch forms
+        shed = await asyncio.gather(*(impatient(im) for im in images[:4]), return_exceptions=True)
+        assert all(isinstance(r, Overloaded) for r in shed), shed
+        impatient.close()
+        with pytest.raises(Overloaded):
+            await impatient(images[0])
 
     asyncio.run(scenario())
