@@ -133,9 +133,10 @@ class Pipeline:
     ) -> Outcome:
         endpoint = request.url.path
         try:
-            decoded, tensor, decode_s, preprocess_s = await anyio.to_thread.run_sync(
-                self._prepare, served, upload.data, limiter=self._decode_slots
-            )
+            with served.batcher.announce():  # counts towards the batch sizes from now
+                decoded, tensor, decode_s, preprocess_s = await anyio.to_thread.run_sync(
+                    self._prepare, served, upload.data, limiter=self._decode_slots
+                )
         except errors.ImageIQError as e:
             if e.status >= 500:
                 raise

@@ -1,12 +1,19 @@
 """Adaptive batching, one queue per served model: continuous batching that never waits.
 
 When the model is idle, a request runs at once, alone. While a batch runs, new requests
-queue; when it finishes, the next batch takes everything queued (up to ``max_batch_size``)
-and runs at once. So the batch size follows the load by itself: 1 at one client, close to
-the number of concurrent clients under load. There is no timer and no learned model of the
-batch cost, so no request ever waits for a batch to fill, and a burst leaves nothing behind
-(see docs/performance.md: BentoML's ``CorkDispatcher``, which learns when to wait, kept
-waiting at one client after a burst of 64, and was slower there than no batching at all).
+queue; when it finishes, the next batch takes what is queued and runs at once. So the batch
+size follows the load by itself: 1 at one client, larger under load. There is no timer and
+no learned model of the batch cost, so no request ever waits for a batch to fill, and a
+burst leaves nothing behind (see docs/performance.md: BentoML's ``CorkDispatcher``, which
+learns when to wait, kept waiting at one client after a burst of 64, and was slower there
+than no batching at all).
+
+A batch takes at most half the images in demand (queued, running, or announced by the
+caller while it decodes them), rounded up, and at most ``max_batch_size``. With 16 clients
+that is two batches of 8 taking turns: while one runs, the other's clients read their
+answers and send their next images, so the model never waits for the network. One batch of
+all 16 would leave the model idle during that round trip, and in practice splits into a
+batch of 1 (the first image back, on an idle model) and one of 15.
 
 ``max_latency_ms`` sheds load: an image that waited longer than that for its batch is
 refused with 503 ``overloaded`` instead of being run late.
@@ -16,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +62,22 @@ class Batcher:
         self._queue: collections.deque[_Queued] = collections.deque()
         self._drainer: asyncio.Task[None] | None = None
         self._closed = False
+        self._waiting = 0  # images between __call__ and their answer
+        self._announced = 0  # images their callers are still preparing (see announce)
+
+    @property
+    def demand(self) -> int:
+        return self._waiting + self._announced
+
+    @contextlib.contextmanager
+    def announce(self) -> Iterator[None]:
+        """An image on its way here (being decoded): counted in the demand that sizes the
+        batches from the moment its request starts, not only once it is queued."""
+        self._announced += 1
+        try:
+            yield
+        finally:
+            self._announced -= 1
 
     async def __call__(self, image: torch.Tensor) -> BatchOutput:
         if self._closed:
@@ -62,7 +86,11 @@ class Batcher:
         self._queue.append(_Queued(image, answer, time.monotonic()))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
-        return await answer  # a cancelled request leaves a cancelled future: skipped below
+        self._waiting += 1
+        try:
+            return await answer  # a cancelled request leaves a cancelled future: skipped
+        finally:
+            self._waiting -= 1
 
     async def _drain(self) -> None:
         """Runs batches back to back while anything is queued."""
@@ -81,10 +109,16 @@ class Batcher:
                 if not q.answer.done():
                     q.answer.set_result(out)
 
+    def batch_limit(self) -> int:
+        """The largest batch to take now: half the demand, rounded up (see the module
+        docstring), within 1 and ``max_batch_size``."""
+        return max(1, min(self.max_batch_size, (self.demand + 1) // 2))
+
     def _take(self) -> list[_Queued]:
         batch: list[_Queued] = []
         now = time.monotonic()
-        while self._queue and len(batch) < self.max_batch_size:
+        limit = self.batch_limit()
+        while self._queue and len(batch) < limit:
             q = self._queue.popleft()
             if q.answer.done():  # its request was cancelled
                 continue

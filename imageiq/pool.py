@@ -216,6 +216,7 @@ class ModelPool:
             precision=settings.precision,
             channels_last=settings.channels_last,
             compile=settings.compile,
+            max_batch_size=settings.max_batch_size,
         )
         models: dict[str, ServedModel] = {}
         aliases: dict[str, ServedModel] = {}

@@ -4,8 +4,9 @@ Every model of the process runs on the same OS thread (:class:`InferenceThread`)
 keeps one OpenMP pool busy: two pools running at once on a 2-core node cost about 25%, and
 two models computing at once would only take turns on the same cores anyway. Reading the
 weights happens on a short-lived loader thread, so a model being added by a reload does not
-hold up the models that are serving; only its warm-up batch takes a turn on the inference
-thread. ``/livez`` answers at once while ``/readyz`` stays 503 until every model is warm.
+hold up the models that are serving, and neither does compiling it (``IMAGEIQ_COMPILE``);
+only its warm-up batch takes a turn on the inference thread. ``/livez`` answers at once
+while ``/readyz`` stays 503 until every model is warm.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ class ModelRunner:
             classifier = Classifier.load(
                 self.tag, device=device, options=options, threads=self._thread.threads
             )
+            # Compiling takes a while: it happens here, on the loader thread, so the models
+            # already serving keep the inference thread meanwhile.
+            classifier.warm_up()
             warmup = torch.zeros((warmup_batch_size, *classifier.input_shape), dtype=torch.uint8)
             self._thread.submit(classifier.predict_proba, warmup).result()
             self._classifier = classifier

@@ -25,6 +25,9 @@ TEST_HOME = Path(os.environ.get("IMAGEIQ_TEST_BENTOML_HOME", ROOT / ".bentoml-te
 shutil.rmtree(TEST_HOME, ignore_errors=True)
 os.environ["BENTOML_HOME"] = str(TEST_HOME)
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+# Compiling takes a minute per model and server: the servers and pools tests start run
+# eagerly; tests/imageiq/test_compile.py covers the compiled path.
+os.environ.setdefault("IMAGEIQ_COMPILE", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -149,3 +149,26 @@ def test_batcher_runs_a_lone_image_alone_after_a_burst_and_sheds_late_ones(
             await impatient(images[0])
 
     asyncio.run(scenario())
+
+
+def test_batches_take_half_the_demand_so_one_runs_while_the_next_gathers(
+    thread: InferenceThread, digits_model: RegisteredModel
+) -> None:
+    settings = Settings(models=[digits_model.tag], max_batch_size=16)
+    pool = ready(ModelPool(settings, thread=thread))
+    batcher = pool.resolve(None).batcher
+    classifier = pool.resolve(None).runner.classifier
+    images = [classifier.prepare(photo(seed=i)) for i in range(16)]
+
+    async def scenario() -> None:
+        assert batcher.demand == 0 and batcher.batch_limit() == 1
+        with batcher.announce(), batcher.announce(), batcher.announce():
+            assert batcher.demand == 3 and batcher.batch_limit() == 2
+        # 16 images queued at once: two batches of 8 (half of 16), not one of 16
+        outs = await asyncio.gather(*(batcher(im) for im in images))
+        assert [o.batch_size for o in outs] == [8] * 16
+        assert batcher.demand == 0
+        with batcher.announce():
+            assert (await batcher(images[0])).batch_size == 1
+
+    asyncio.run(scenario())
