@@ -125,14 +125,6 @@ class Classifier:
         # With compile: the batch sizes compiled; empty when the network runs eagerly.
         self.compiled_sizes: tuple[int, ...] = ()
         if self.options.compile:
-            from torch import _dynamo
-
-            # One compiled graph per batch size and model; past dynamo's default limit of 8
-            # graphs per function it would silently fall back to eager.
-            _dynamo.config.recompile_limit = 256
-            # A compilation that fails later (it should not: warm_up() compiled every
-            # size) runs that call eagerly instead of failing the request.
-            _dynamo.config.suppress_errors = True
             # Static shapes, and frozen weights (see warm_up). Compilation is lazy.
             self._forward = torch.compile(net, dynamic=False)  # type: ignore[assignment]
             self.compiled_sizes = batch_sizes(self.options.max_batch_size)
@@ -223,6 +215,7 @@ class Classifier:
         inductor cannot handle), logs why and runs eagerly instead. Else nothing to do."""
         if not self.compiled_sizes:
             return
+        from torch import _dynamo
         from torch._inductor import config as inductor
 
         try:
@@ -232,8 +225,11 @@ class Classifier:
                 # Frozen weights: constant-folded and pre-packed for oneDNN, 1.7x eager at
                 # batch 1 and 1.2x at the best batch for ResNet-50 bf16 on 2 AVX512-BF16
                 # cores, where compiling without freezing gains 10% (docs/performance.md).
-                # Read when the graph compiles, i.e. on this first call of each size.
-                with inductor.patch(freezing=True):
+                # Read when the graph compiles, i.e. on this first call of each size; both
+                # configs are per thread, so they are set here, where compilation happens.
+                # The recompile limit: one graph per size and model share ImageIQNet.forward,
+                # past dynamo's default of 8 it would silently run the rest eagerly.
+                with inductor.patch(freezing=True), _dynamo.config.patch(recompile_limit=1024):
                     self.predict_proba(zeros)
                 log.info(
                     "model %s compiled for batch %d in %.1f s",

@@ -14,8 +14,9 @@ What one run measures, on this machine only (127.0.0.1), bounded in time and cou
    inference settings (compiled, as the service does before /readyz), on a model thread
    like the server's; the best batch is the ceiling. Measured right before that model's
    servers.
-3. Served: ``bentoml serve`` per model, with adaptive batching on and off, closed-loop clients
-   at concurrency 1, 4, 16, 64 and then 1 again; every request a distinct 224x224 JPEG (a
+3. Served: ``bentoml serve`` per model, with adaptive batching on and off (both servers up
+   at once, their phases taking turns), closed-loop clients at concurrency 1, 4, 16, 64
+   and then 1 again; every request a distinct 224x224 JPEG (a
    different comment segment, so the cache never answers), with an API key, through auth,
    rate limiting, the cache lookup and the prediction log, as in production. Then, for
    ResNet-50: the cache-hit path, a 4000x3000 JPEG against the 224x224 one, and the batch
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -302,34 +304,72 @@ def prepare_state(data_dir: Path) -> str:
 def serve(
     model: RegisteredModel,
     *,
-    batching: bool,
-    phases: list[Phase],
+    schedule: list[tuple[bool, Phase]],
     seconds: float,
     workdir: Path,
-) -> list[Phase]:
-    data_dir = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
-    key = prepare_state(data_dir)
-    server_env = {
-        **os.environ,
-        "IMAGEIQ_MODELS": model.tag,
-        "IMAGEIQ_DATA_DIR": str(data_dir),
-        "IMAGEIQ_LOG_FORMAT": "json",
-        # The load comes from one key, far above any client's fair share.
-        "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
-    }
-    if not batching:
-        server_env["IMAGEIQ_MAX_BATCH_SIZE"] = "1"  # else the service's default
-    with serving(server_env, data_dir / "server.log") as url:
-        load = Load(url, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000)))
-        for phase in phases:
-            phase.result = asyncio.run(load.run(phase, seconds=seconds))
+) -> None:
+    """One server per batching setting in ``schedule``, all up at once (an idle one costs
+    next to nothing), and the phases run in the schedule's order: batching on and off are
+    measured a few seconds apart, not minutes, on a machine whose speed drifts."""
+    with contextlib.ExitStack() as servers:
+        loads: dict[bool, Load] = {}
+        for batching in dict.fromkeys(b for b, _ in schedule):
+            data_dir = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
+            key = prepare_state(data_dir)
+            server_env = {
+                **os.environ,
+                "IMAGEIQ_MODELS": model.tag,
+                "IMAGEIQ_DATA_DIR": str(data_dir),
+                "IMAGEIQ_LOG_FORMAT": "json",
+                # The load comes from one key, far above any client's fair share.
+                "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
+            }
+            if not batching:
+                server_env["IMAGEIQ_MAX_BATCH_SIZE"] = "1"  # else the service's default
+            url = servers.enter_context(serving(server_env, data_dir / "server.log"))
+            loads[batching] = Load(
+                url, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000))
+            )
+        for batching, phase in schedule:
+            phase.result = asyncio.run(loads[batching].run(phase, seconds=seconds))
             print(f"  served {model.tag} batching={batching} {phase}", file=sys.stderr)
+
+
+def model_schedule(name: str) -> dict[bool, list[Phase]]:
+    """Each batching setting's phases, in the order of its report: c=1, 4, 16, 64, then 1
+    again right after 64; for ResNet-50 with batching also the large JPEG, the cache hit and
+    the batch endpoint. int8 is measured with batching only (its best case)."""
+    settings = [True] if name == "resnet50 int8" else [True, False]
+    phases: dict[bool, list[Phase]] = {}
+    for batching in settings:
+        phases[batching] = [Phase(f"c={c}", c) for c in CONCURRENCY]
+        phases[batching].append(Phase(f"c=1 after c={CONCURRENCY[-1]}", 1))
+    if name == "resnet50":
+        phases[True] += [
+            Phase("large 4000x3000, c=1", 1, "large"),
+            Phase("cache hit, c=1", 1, "cache"),
+        ]
+    if name.startswith("resnet50"):
+        phases[True].append(Phase(f"batch endpoint, {BULK_IMAGES} images, c=4", 4, "bulk"))
     return phases
 
 
-def model_phases() -> list[Phase]:
-    phases = [Phase(f"c={c}", c) for c in CONCURRENCY]
-    return [*phases, Phase(f"c=1 after c={CONCURRENCY[-1]}", 1)]
+def interleave(phases: dict[bool, list[Phase]]) -> list[tuple[bool, Phase]]:
+    """On and off taking turns at each concurrency; around the burst the order is off c=64,
+    on c=64, on c=1 after c=64, off c=1 after: the batching server's c=1 comes straight after
+    its own burst, which is the case that catches a queue that keeps waiting."""
+    on, off = phases.get(True, []), phases.get(False, [])
+    burst = len(CONCURRENCY) - 1  # index of the c=64 phase
+    order: list[tuple[bool, Phase]] = []
+    for i in range(burst):
+        order += [(True, on[i])] + ([(False, off[i])] if off else [])
+    if off:
+        order.append((False, off[burst]))
+    order += [(True, on[burst]), (True, on[burst + 1])]
+    if off:
+        order.append((False, off[burst + 1]))
+    order += [(True, p) for p in on[burst + 2 :]]
+    return order
 
 
 def machine() -> dict[str, Any]:
@@ -393,32 +433,15 @@ def main() -> None:
         for name, model in models.items():
             # Each model's ceiling right before its servers: this shared machine's speed
             # drifts by tens of percent over minutes, so the ratios compare like with like.
-            results["ceiling"][name] = ceiling(
-                model, seconds=args.ceiling_seconds, threads=threads
-            )
-            for batching in (True, False):
-                if name == "resnet50 int8" and not batching:
-                    continue  # int8 is measured for its best case only
-                phases = model_phases()
-                if name == "resnet50" and batching:
-                    phases += [
-                        Phase("large 4000x3000, c=1", 1, "large"),
-                        Phase("cache hit, c=1", 1, "cache"),
-                    ]
-                if name.startswith("resnet50") and batching:
-                    phases.append(Phase(f"batch endpoint, {BULK_IMAGES} images, c=4", 4, "bulk"))
-                serve(
-                    model,
-                    batching=batching,
-                    phases=phases,
-                    seconds=args.seconds,
-                    workdir=Path(tmp),
-                )
+            results["ceiling"][name] = ceiling(model, seconds=args.ceiling_seconds, threads=threads)
+            phases = model_schedule(name)
+            serve(model, schedule=interleave(phases), seconds=args.seconds, workdir=Path(tmp))
+            for batching, measured in phases.items():
                 results["served"].append(
                     {
                         "model": name,
                         "batching": batching,
-                        "phases": [asdict(p) for p in phases],
+                        "phases": [asdict(p) for p in measured],
                     }
                 )
     results["elapsed_s"] = round(time.time() - started)
