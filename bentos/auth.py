@@ -4,15 +4,18 @@
 scopes (403) and its rate limit (429 with ``Retry-After``). The classify endpoints read
 their bodies themselves, after this, so an unauthenticated upload is never read; FastAPI
 parses the small JSON bodies of the other endpoints (64 KiB at most) first. Keys are
-only ever read from the ``Authorization`` header; one in the query string is ignored. The
-dependency is a plain ``def``: FastAPI runs it in a worker thread, so a key looked up in the
-database does not stall the event loop.
+only ever read from the ``Authorization`` header; one in the query string is ignored. A key
+looked up in the database, or a limit counted in Redis, runs in a worker thread, so the
+event loop never waits on the network; the usual request (its key cached, its limit
+counted in this process or none) is checked on the event loop, without a thread hop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 
+import anyio
 from fastapi import Request, Security
 from fastapi.security import HTTPBearer
 
@@ -30,16 +33,44 @@ bearer = HTTPBearer(
 )
 
 
-def require(scope: str) -> Callable[..., Principal]:
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
-    def dependency(request: Request, _: object = Security(bearer)) -> Principal:
+    async def dependency(request: Request, _: object = Security(bearer)) -> Principal:
         backends: Backends = request.app.state.backends
         settings = backends.settings
+        header = request.headers.get("authorization")
+        if settings.auth_enabled and not backends.keys.answers_from_memory(header):
+            principal = await anyio.to_thread.run_sync(_authenticate, backends, header)
+        else:
+            principal = _authenticate(backends, header)
+        note(request.scope, key=principal.key_id)
+        own = principal.rate_limit_per_minute
+        per_minute = settings.rate_limit_per_minute if own is None else own  # 0: unlimited
+        hit = functools.partial(
+            backends.limiter.hit,
+            principal.key_id,
+            per_minute=per_minute,
+            burst=settings.rate_limit_burst,
+        )
+        if backends.limiter.answers_from_memory(per_minute):
+            decision = hit()
+        else:
+            decision = await anyio.to_thread.run_sync(hit)
+        if not decision.allowed:
+            raise errors.RateLimited(
+                f"Rate limit of this API key exceeded ({decision.limit} at once, "
+                f"then {per_minute} per minute); retry in {decision.retry_after_s:.1f} s.",
+                retry_after=decision.retry_after_s,
+            )
+        request.state.principal = principal
+        return principal
+
+    def _authenticate(backends: Backends, header: str | None) -> Principal:
         try:
-            if settings.auth_enabled:
-                principal = backends.keys.authenticate(request.headers.get("authorization"))
+            if backends.settings.auth_enabled:
+                principal = backends.keys.authenticate(header)
             else:
                 principal = ANONYMOUS
             if not principal.allows(scope):
@@ -50,19 +81,6 @@ def require(scope: str) -> Callable[..., Principal]:
         except (errors.Unauthorized, errors.Forbidden) as e:
             metrics().auth_failures.labels(e.code).inc()
             raise
-        note(request.scope, key=principal.key_id)
-        own = principal.rate_limit_per_minute
-        per_minute = settings.rate_limit_per_minute if own is None else own  # 0: unlimited
-        decision = backends.limiter.hit(
-            principal.key_id, per_minute=per_minute, burst=settings.rate_limit_burst
-        )
-        if not decision.allowed:
-            raise errors.RateLimited(
-                f"Rate limit of this API key exceeded ({decision.limit} at once, "
-                f"then {per_minute} per minute); retry in {decision.retry_after_s:.1f} s.",
-                retry_after=decision.retry_after_s,
-            )
-        request.state.principal = principal
         return principal
 
     return dependency

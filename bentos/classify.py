@@ -75,7 +75,12 @@ class Pipeline:
             sha256=sha256, model_name=model.name, model_version=model.version, top_k=params.top_k
         )
         cache = self.backends.cache
-        hit = await anyio.to_thread.run_sync(cache.get, key) if cache.backend != "off" else None
+        # The in-process cache answers on the event loop (a dict look-up): a thread hop costs
+        # more than that; Redis is a network call, in a worker thread.
+        if cache.backend == "memory":
+            hit = cache.get(key)
+        else:
+            hit = await anyio.to_thread.run_sync(cache.get, key) if cache.backend != "off" else None
         if hit is not None:
             outcome = self._from_cache(hit, upload, params, started)
         else:

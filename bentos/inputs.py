@@ -12,11 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from bentos.schemas import BatchJSON, ClassifyJSON, ClassifyParams
@@ -54,7 +56,7 @@ async def read_classify(request: Request, limits: Limits) -> tuple[ClassifyParam
         if upload.error:
             raise upload.error
         return _params(body), upload
-    form = await request.form(max_files=_MAX_PARTS, max_fields=_MAX_PARTS)
+    form = await _multipart(request)
     try:
         files = form.getlist("image")
         if not files or not isinstance(files[0], UploadFile):
@@ -81,7 +83,7 @@ async def read_batch(request: Request, limits: Limits) -> tuple[ClassifyParams, 
             _check_count(len(payload["images_b64"]), limits)
         body = _validated(BatchJSON, payload, limits, request=request, file_field="images_b64")
         return _params(body), [_from_b64(b64, None, limits) for b64 in body.images_b64]
-    form = await request.form(max_files=_MAX_PARTS, max_fields=_MAX_PARTS)
+    form = await _multipart(request)
     try:
         items = form.getlist("images")
         _check_count(len(items), limits)
@@ -111,6 +113,23 @@ def _content_kind(request: Request) -> str:
         "Send multipart/form-data (image files) or application/json (base64 images); "
         f"got {content_type[:100] or 'no content type'}."
     )
+
+
+async def _multipart(request: Request) -> FormData:
+    """The multipart form, its files kept in memory. Starlette's ``request.form()`` spools
+    a file past 1 MB to a temporary file on disk, each further chunk written through a
+    worker thread: a 4000x3000 camera JPEG spent milliseconds there. In memory is bounded:
+    RequestGuard (bentos/http.py) caps the body before it reaches this, and the image is
+    read into memory right after anyway."""
+    try:
+        async with aclosing(request.stream()) as stream:
+            parser = MultiPartParser(
+                request.headers, stream, max_files=_MAX_PARTS, max_fields=_MAX_PARTS
+            )
+            parser.spool_max_size = 0  # SpooledTemporaryFile: 0 never rolls over to disk
+            return await parser.parse()
+    except MultiPartException as e:
+        raise errors.MalformedRequest(e.message) from None
 
 
 async def _json(request: Request) -> Any:

@@ -229,7 +229,14 @@ class Classifier:
                 # configs are per thread, so they are set here, where compilation happens.
                 # The recompile limit: one graph per size and model share ImageIQNet.forward,
                 # past dynamo's default of 8 it would silently run the rest eagerly.
-                with inductor.patch(freezing=True), _dynamo.config.patch(recompile_limit=1024):
+                # The C++ wrapper runs the whole graph without the GIL: Python's wrapper takes
+                # the GIL back after each of its ~100 kernels, and in the server each time
+                # waits for the event loop (up to its 5 ms switch interval), so the model
+                # stalled whenever requests were being handled (docs/performance.md).
+                with (
+                    inductor.patch(freezing=True, cpp_wrapper=True),
+                    _dynamo.config.patch(recompile_limit=1024),
+                ):
                     self.predict_proba(zeros)
                 log.info(
                     "model %s compiled for batch %d in %.1f s",

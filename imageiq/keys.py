@@ -145,6 +145,17 @@ class KeyRing:
             raise errors.Unauthorized("Invalid API key.")
         return Principal(key_id, row["name"], frozenset(row["scopes"]), row["rate_limit"])
 
+    def answers_from_memory(self, authorization: str | None) -> bool:
+        """Whether :meth:`authenticate` would answer without the database: the key is
+        malformed or missing (refused as is), or its row is cached and fresh."""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        match = _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
+        if match is None:
+            return True
+        with self._lock:
+            cached = self._rows.get(match.group(1))
+        return cached is not None and time.monotonic() - cached[0] < self._ttl
+
     def forget(self, key_id: str) -> None:
         with self._lock:
             self._rows.pop(key_id, None)

@@ -144,6 +144,11 @@ class RateLimiter:
             metrics().rate_limited.inc()
         return decision
 
+    def answers_from_memory(self, per_minute: int | None = None) -> bool:
+        """Whether :meth:`hit` decides without a network call: no limit, or no Redis."""
+        per_minute = self.per_minute if per_minute is None else per_minute
+        return per_minute <= 0 or self._redis is None
+
     def _shared(self, key_id: str, *, interval: float, burst: int) -> Decision | None:
         if self._redis is None:
             return None

@@ -305,3 +305,21 @@ def test_database_down_known_keys_keep_working_unseen_ones_get_503(
         assert ring.authenticate(f"Bearer {unseen}").name == "unseen"
     finally:
         engine.dispose()
+
+
+def test_answers_from_memory_only_for_a_fresh_cached_row_or_a_malformed_key(
+    engine: Engine,
+) -> None:
+    """The service checks on its event loop exactly the keys that need no database."""
+    ring = KeyRing(engine, pepper=PEPPER, ttl_s=3600)
+    key = _key(engine)
+    for header in (None, "", "Basic abc", "Bearer nope", f"Token {key}"):
+        assert ring.answers_from_memory(header)  # refused without a lookup
+    assert not ring.answers_from_memory(f"Bearer {key}")  # never looked up yet
+    ring.authenticate(f"Bearer {key}")
+    assert ring.answers_from_memory(f"Bearer {key}")
+    ring.forget(_parts(key)[0])
+    assert not ring.answers_from_memory(f"Bearer {key}")
+    stale = KeyRing(engine, pepper=PEPPER, ttl_s=0)
+    stale.authenticate(f"Bearer {key}")
+    assert not stale.answers_from_memory(f"Bearer {key}")  # cached but expired

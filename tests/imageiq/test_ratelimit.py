@@ -83,6 +83,15 @@ def test_settings_give_the_default_limits() -> None:
     assert limiter.hit("k", per_minute=0).allowed  # a key's own limit overrides
 
 
+def test_answers_from_memory_unless_a_limit_is_counted_in_redis(link: RedisLink) -> None:
+    """The service counts on its event loop exactly the hits that need no network call."""
+    local, shared = RateLimiter(None, per_minute=60), RateLimiter(link, per_minute=60)
+    assert local.answers_from_memory() and local.answers_from_memory(600)
+    assert shared.answers_from_memory(0)  # unlimited: nothing to count
+    assert not shared.answers_from_memory() and not shared.answers_from_memory(600)
+    assert RateLimiter(link, per_minute=0).answers_from_memory()
+
+
 def test_replicas_share_the_limit_through_redis(link: RedisLink) -> None:
     one, two = RateLimiter(link), RateLimiter(link)
     assert one.hit("k", per_minute=60, burst=2).allowed
