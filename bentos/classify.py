@@ -77,10 +77,12 @@ class Pipeline:
         cache = self.backends.cache
         # The in-process cache answers on the event loop (a dict look-up): a thread hop costs
         # more than that; Redis is a network call, in a worker thread.
-        if cache.backend == "memory":
+        if cache.backend == "off":
+            hit = None
+        elif cache.backend == "memory":
             hit = cache.get(key)
         else:
-            hit = await anyio.to_thread.run_sync(cache.get, key) if cache.backend != "off" else None
+            hit = await anyio.to_thread.run_sync(cache.get, key)
         if hit is not None:
             outcome = self._from_cache(hit, upload, params, started)
         else:

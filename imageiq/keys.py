@@ -118,6 +118,12 @@ def revoke_key(engine: Engine, key_id: str, *, actor: str | None = None) -> ApiK
         return row
 
 
+def _bearer(authorization: str) -> re.Match[str] | None:
+    """The key id and secret of ``Bearer iiq_<id>_<secret>``; None for anything else."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
+
+
 class KeyRing:
     """Checks bearer keys for the service. Rows are cached for ``ttl_s`` (a revocation made
     elsewhere applies within that time; one made through this replica at once), and a key
@@ -134,8 +140,7 @@ class KeyRing:
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise errors.Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
-        scheme, _, token = authorization.strip().partition(" ")
-        match = _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
+        match = _bearer(authorization)
         key_id, secret = match.groups() if match else ("", "")
         row = self._row(key_id) if match else None
         salt = row["salt"] if row else _DUMMY_SALT
@@ -148,8 +153,7 @@ class KeyRing:
     def answers_from_memory(self, authorization: str | None) -> bool:
         """Whether :meth:`authenticate` would answer without the database: the key is
         malformed or missing (refused as is), or its row is cached and fresh."""
-        scheme, _, token = (authorization or "").strip().partition(" ")
-        match = _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
+        match = _bearer(authorization or "")
         if match is None:
             return True
         with self._lock:
