@@ -12,8 +12,8 @@ What one run measures, on this machine only (127.0.0.1), bounded in time and cou
    which is why the int8 model is a trained one.
 2. The ceiling: each model in-process at batch 1, 2, 4 ... 32 with the service's own
    inference settings (compiled, as the service does before /readyz), on a model thread
-   like the server's; the best batch is the ceiling. Measured right before that model's
-   servers.
+   like the server's; the best batch is the ceiling. Measured right before and right
+   after that model's servers; the higher pass counts.
 3. Served: ``bentoml serve`` per model, with adaptive batching on and off (both servers up
    at once, their phases taking turns), closed-loop clients at concurrency 1, 4, 16, 64
    and then 1 again; every request a distinct 224x224 JPEG (a
@@ -453,12 +453,14 @@ def main() -> None:
         for name, model in models.items():
             # Each model's ceiling right before and right after its servers (see Ceiling).
             ceiling = Ceiling(model, seconds=args.ceiling_seconds, threads=threads)
-            ceiling.measure()
             phases = model_schedule(name)
-            serve(model, schedule=interleave(phases), seconds=args.seconds, workdir=Path(tmp))
-            ceiling.measure()
+            try:
+                ceiling.measure()
+                serve(model, schedule=interleave(phases), seconds=args.seconds, workdir=Path(tmp))
+                ceiling.measure()
+            finally:
+                ceiling.close()
             results["ceiling"][name] = ceiling.result()
-            ceiling.close()
             for batching, measured in phases.items():
                 results["served"].append(
                     {
