@@ -171,11 +171,10 @@ class Classifier:
     ) -> dict[str, torch.Tensor]:
         """uint8 [N, 3, S, S] -> softmax probabilities per head, float32 on the CPU; with the
         card's temperature unless ``calibrated`` is False."""
-        if self.device.type == "cuda":  # page-locked: the copy to the GPU runs asynchronously
-            batch = batch.pin_memory()
-        x = self.transform.normalize(batch.to(self.device, non_blocking=True))
         if self.int8 is not None:
-            probs = self.int8.predict_proba(x)
+            # Standardised in NumPy: a torch op would leave torch's OpenMP threads spinning
+            # on the cores ONNX Runtime's threads need (docs/performance.md).
+            probs = self.int8.predict_proba(self.transform.normalize_array(batch.cpu().numpy()))
             if not calibrated:
                 return probs
             # ONNX Runtime gives probabilities: the temperature goes on their logarithms,
@@ -184,6 +183,9 @@ class Classifier:
                 name: torch.softmax(torch.log(p.clamp_min(1e-12)) / self.temperature(name), 1)
                 for name, p in probs.items()
             }
+        if self.device.type == "cuda":  # page-locked: the copy to the GPU runs asynchronously
+            batch = batch.pin_memory()
+        x = self.transform.normalize(batch.to(self.device, non_blocking=True))
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = _DTYPES.get(self.precision)

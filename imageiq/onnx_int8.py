@@ -93,9 +93,11 @@ class OnnxInt8Runtime:
             )
         return cls(path=path, threads=threads)
 
-    def predict_proba(self, normalized: torch.Tensor) -> dict[str, torch.Tensor]:
+    def predict_proba(self, normalized: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
         """float32 normalised [N, 3, S, S] -> softmax probabilities per head, float32 CPU."""
-        x = normalized.detach().to("cpu", torch.float32).contiguous().numpy()
+        if isinstance(normalized, torch.Tensor):
+            normalized = normalized.detach().to("cpu", torch.float32).numpy()
+        x = np.ascontiguousarray(normalized, dtype=np.float32)
         outputs = self.session.run(self.output_names, {self.input_name: x})
         return {
             name: torch.softmax(torch.from_numpy(np.asarray(out, dtype=np.float32)), dim=1)

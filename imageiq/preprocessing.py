@@ -76,6 +76,7 @@ class EvalTransform:
         self.config = config
         self._interpolation = InterpolationMode(config.interpolation)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._array_stats: tuple[np.ndarray, np.ndarray] | None = None
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """One image -> uint8 tensor [3, crop, crop] (colour, resize, centre crop)."""
@@ -105,6 +106,19 @@ class EvalTransform:
         """uint8 batch [N, 3, H, W] (on any device) -> standardised float32."""
         mean, std = self._device_stats(batch.device)
         return (batch.to(torch.float32) / 255.0 - mean) / std
+
+    def normalize_array(self, batch: np.ndarray) -> np.ndarray:
+        """``normalize`` in NumPy, on the calling thread alone: for ONNX Runtime, whose
+        caller must not wake torch's OpenMP team (its threads spin after each parallel
+        region, on the cores ORT's own threads need)."""
+        if self._array_stats is None:
+            mean = np.asarray(self.config.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+            std = np.asarray(self.config.std, dtype=np.float32).reshape(1, 3, 1, 1)
+            self._array_stats = (1 / (255 * std), -mean / std)
+        scale, shift = self._array_stats
+        out = np.multiply(batch, scale, dtype=np.float32)
+        out += shift
+        return out
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.normalize(self.to_uint8(image).unsqueeze(0))[0]

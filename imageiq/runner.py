@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal, TypeVar
 
+import numpy as np
 import torch
 
 from imageiq.inference import Classifier, InferenceOptions
@@ -94,13 +95,15 @@ class ModelRunner:
     async def predict_proba(
         self, batch: torch.Tensor | Sequence[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """A batch, or the images to stack into one: stacking is a parallel copy, so it runs
-        on the inference thread too, not on the event loop's (see module docstring)."""
+        """A batch, or the images to stack into one: the copy runs on the inference thread
+        too, not on the event loop's (see module docstring)."""
         return await self._thread.run(self._predict, batch)
 
     def _predict(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         if not isinstance(batch, torch.Tensor):
-            batch = torch.stack(list(batch))
+            # NumPy's copy is serial: torch.stack's is an OpenMP region, whose threads then
+            # spin on the cores an ONNX Runtime model needs (see Classifier.predict_proba).
+            batch = torch.from_numpy(np.stack([image.numpy() for image in batch]))
         return self.classifier.predict_proba(batch)
 
     def _load(self, device: str, options: InferenceOptions, warmup_batch_size: int) -> None:

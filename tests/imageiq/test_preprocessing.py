@@ -83,6 +83,19 @@ def test_normalize_is_the_same_for_one_image_or_a_batch() -> None:
         assert torch.equal(row, transform(image))
 
 
+def test_normalize_array_matches_normalize() -> None:
+    """The NumPy standardisation (ONNX Runtime's input) is torch's to float32 rounding,
+    over every uint8 value in every channel, with a config's own mean and std."""
+    config = PreprocessConfig(
+        resize_size=16, crop_size=16, mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4)
+    )
+    transform = EvalTransform(config)
+    values = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 1).reshape(2, 3, 16, 16)
+    got = transform.normalize_array(values.numpy())
+    assert got.dtype == np.float32 and got.shape == (2, 3, 16, 16)
+    np.testing.assert_allclose(got, transform.normalize(values).numpy(), rtol=0, atol=2e-6)
+
+
 def _serving_tensor(classifier: Classifier, data: bytes) -> torch.Tensor:
     """Exactly what the server does: decode (draft allowed), prepare, batch, normalise."""
     decoded = classifier.decode(data, max_pixels=10**8, draft=True)
