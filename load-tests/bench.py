@@ -15,7 +15,8 @@ What one run measures, on this machine only (127.0.0.1), bounded in time and cou
    like the server's; the best batch is the ceiling. Measured right before and right
    after that model's servers; the higher pass counts.
 3. Served: ``bentoml serve`` per model, with adaptive batching on and off (both servers up
-   at once, their phases taking turns), closed-loop clients at concurrency 1, 4, 16, 64
+   at once, their phases taking turns, each pair of twin phases in four stretches per
+   server, A B B A B A A B), closed-loop clients at concurrency 1, 4, 16, 64
    and then 1 again; every request a distinct 224x224 JPEG (a
    different comment segment, so the cache never answers), with an API key, through auth,
    rate limiting, the cache lookup and the prediction log, as in production. Then, for
@@ -68,6 +69,7 @@ OUT = ROOT / "docs" / "benchmarks"
 BATCHES = (1, 2, 4, 8, 16, 32)
 CONCURRENCY = (1, 4, 16, 64)
 BULK_IMAGES = 16  # images per /v1/classify/batch request
+SLICES = 4  # stretches per phase when batching on and off are compared (see serve)
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -255,53 +257,71 @@ class Load:
         form.add_field("image", data, filename="p.jpg", content_type="image/jpeg")
         return "/v1/classify", form, 1
 
-    async def run(self, phase: Phase, *, seconds: float) -> dict[str, Any]:
-        latencies: list[float] = []
-        statuses: dict[int, int] = {}
-        images = 0
-        errors: list[str] = []
+    async def run(self, phase: Phase, *, seconds: float, warmup: float) -> Sample:
+        """Clients sending back to back for ``warmup`` + ``seconds``; the answers that
+        arrive in the last ``seconds`` are measured (steady state: no ramp-up, no drain),
+        every answer's status is counted. Returns once the last answer is in, so the next
+        measurement finds the machine idle."""
+        sample = Sample(wall=seconds)
         connector = aiohttp.TCPConnector(limit=phase.concurrency)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(
             self.url, headers=self.headers, connector=connector, timeout=timeout
         ) as session:
-
-            async def client(until: float, record: bool) -> None:
-                nonlocal images
-                while time.perf_counter() < until:
-                    path, form, n = self.body(phase.kind)
-                    started = time.perf_counter()
-                    async with session.post(path, data=form) as resp:
-                        body = await resp.read()
-                    elapsed = time.perf_counter() - started
-                    if not record:
-                        continue
-                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
-                    if resp.status == 200:
-                        latencies.append(elapsed)
-                        images += n
-                    elif len(errors) < 5:
-                        errors.append(f"{resp.status}: {body[:200]!r}")
-
             if phase.kind == "cache":  # the first call is the miss that fills the cache
                 path, form, _ = self.body("cache")
                 async with session.post(path, data=form) as resp:
                     await resp.read()
-            warmup = min(2.0, seconds / 4)
-            await asyncio.gather(
-                *(client(time.perf_counter() + warmup, False) for _ in range(phase.concurrency))
-            )
-            started = time.perf_counter()
-            until = started + seconds
-            await asyncio.gather(*(client(until, True) for _ in range(phase.concurrency)))
-            wall = time.perf_counter() - started
-        q = np.percentile(latencies, [50, 95, 99]) * 1000 if latencies else [0.0] * 3
+            measured_from = time.perf_counter() + warmup
+            until = measured_from + seconds
+
+            async def client() -> None:
+                while time.perf_counter() < until:
+                    path, form, n = self.body(phase.kind)
+                    sent = time.perf_counter()
+                    async with session.post(path, data=form) as resp:
+                        body = await resp.read()
+                    done = time.perf_counter()
+                    sample.add(resp.status, done - sent, n, body, measured_from <= done <= until)
+
+            await asyncio.gather(*(client() for _ in range(phase.concurrency)))
+        return sample
+
+
+@dataclass
+class Sample:
+    """What the clients saw in one measured stretch; stretches of a phase add up."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    images: int = 0
+    wall: float = 0.0
+
+    def add(self, status: int, elapsed: float, images: int, body: bytes, measured: bool) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status != 200 and len(self.errors) < 5:
+            self.errors.append(f"{status}: {body[:200]!r}")
+        if status == 200 and measured:
+            self.latencies.append(elapsed)
+            self.images += images
+
+    def extend(self, other: Sample) -> None:
+        self.latencies += other.latencies
+        for status, n in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + n
+        self.errors = (self.errors + other.errors)[:5]
+        self.images += other.images
+        self.wall += other.wall
+
+    def summary(self) -> dict[str, Any]:
+        q = np.percentile(self.latencies, [50, 95, 99]) * 1000 if self.latencies else [0.0] * 3
         return {
-            "requests": sum(statuses.values()),
-            "non_2xx": sum(n for s, n in statuses.items() if not 200 <= s < 300),
-            "statuses": {str(s): n for s, n in sorted(statuses.items())},
-            "errors": errors,
-            "img_s": round(images / wall, 1),
+            "requests": sum(self.statuses.values()),
+            "non_2xx": sum(n for s, n in self.statuses.items() if not 200 <= s < 300),
+            "statuses": {str(s): n for s, n in sorted(self.statuses.items())},
+            "errors": self.errors,
+            "img_s": round(self.images / self.wall, 1) if self.wall else 0.0,
             "p50_ms": round(float(q[0]), 2),
             "p95_ms": round(float(q[1]), 2),
             "p99_ms": round(float(q[2]), 2),
@@ -350,9 +370,41 @@ def serve(
             loads[batching] = Load(
                 url, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000))
             )
-        for batching, phase in schedule:
-            phase.result = asyncio.run(loads[batching].run(phase, seconds=seconds))
-            print(f"  served {model.tag} batching={batching} {phase}", file=sys.stderr)
+        for step in paired(schedule):
+            samples = {batching: Sample() for batching, _ in step}
+            # A phase of batching on and its twin with batching off run in SLICES stretches
+            # each, in the order A B, B A, B A, A B: a drift of this machine's speed within
+            # the pair falls on both alike (one stretch each would hand it to one of them),
+            # and the pair ends as it began, so the batching server's c=64 still comes right
+            # before its c=1 after c=64 (see interleave).
+            slices = SLICES if len(step) == 2 else 1
+            for i in range(slices):
+                for batching, phase in step if i % 4 in (0, 3) else step[::-1]:
+                    samples[batching].extend(
+                        asyncio.run(
+                            loads[batching].run(
+                                phase,
+                                seconds=seconds / slices,
+                                warmup=min(2.0, seconds / 4) / slices,
+                            )
+                        )
+                    )
+            for batching, phase in step:
+                phase.result = samples[batching].summary()
+                print(f"  served {model.tag} batching={batching} {phase}", file=sys.stderr)
+
+
+def paired(schedule: list[tuple[bool, Phase]]) -> list[list[tuple[bool, Phase]]]:
+    """The schedule in steps: a phase and its twin of the other batching setting (the same
+    name, next to it in the schedule) make one step; any other phase is a step alone."""
+    steps: list[list[tuple[bool, Phase]]] = []
+    for batching, phase in schedule:
+        last = steps[-1] if steps else []
+        if len(last) == 1 and last[0][1].name == phase.name and last[0][0] != batching:
+            last.append((batching, phase))
+        else:
+            steps.append([(batching, phase)])
+    return steps
 
 
 def model_schedule(name: str) -> dict[bool, list[Phase]]:
