@@ -372,23 +372,18 @@ def serve(
             )
         for step in paired(schedule):
             samples = {batching: Sample() for batching, _ in step}
-            # A phase of batching on and its twin with batching off run in SLICES stretches
-            # each, in the order A B, B A, B A, A B: a drift of this machine's speed within
-            # the pair falls on both alike (one stretch each would hand it to one of them),
-            # and the pair ends as it began, so the batching server's c=64 still comes right
-            # before its c=1 after c=64 (see interleave).
-            slices = SLICES if len(step) == 2 else 1
-            for i in range(slices):
-                for batching, phase in step if i % 4 in (0, 3) else step[::-1]:
-                    samples[batching].extend(
-                        asyncio.run(
-                            loads[batching].run(
-                                phase,
-                                seconds=seconds / slices,
-                                warmup=min(2.0, seconds / 4) / slices,
-                            )
+            order = stretches(step)
+            slices = len(order) // len(step)
+            for batching, phase in order:
+                samples[batching].extend(
+                    asyncio.run(
+                        loads[batching].run(
+                            phase,
+                            seconds=seconds / slices,
+                            warmup=min(2.0, seconds / 4) / slices,
                         )
                     )
+                )
             for batching, phase in step:
                 phase.result = samples[batching].summary()
                 print(f"  served {model.tag} batching={batching} {phase}", file=sys.stderr)
@@ -405,6 +400,17 @@ def paired(schedule: list[tuple[bool, Phase]]) -> list[list[tuple[bool, Phase]]]
         else:
             steps.append([(batching, phase)])
     return steps
+
+
+def stretches(step: list[tuple[bool, Phase]]) -> list[tuple[bool, Phase]]:
+    """The order a step's phases run in. A phase alone runs once. A phase of batching on
+    and its twin with batching off run in SLICES stretches each, A B, B A, B A, A B: a
+    drift of this machine's speed within the pair falls on both alike (one stretch each
+    would hand it to one of them), and the pair ends as it began, so the batching
+    server's c=64 still comes right before its c=1 after c=64 (see interleave)."""
+    if len(step) == 1:
+        return list(step)
+    return [entry for i in range(SLICES) for entry in (step if i % 4 in (0, 3) else step[::-1])]
 
 
 def model_schedule(name: str) -> dict[bool, list[Phase]]:

@@ -25,6 +25,15 @@ def test_twin_phases_pair_up_and_the_burst_stays_next_to_the_c1_after_it() -> No
     )
 
 
+def test_each_side_of_a_pair_runs_first_as_often_and_the_pair_ends_as_it_began() -> None:
+    off, on = (False, bench.Phase("c=64", 64)), (True, bench.Phase("c=64", 64))
+    order = bench.stretches([off, on])
+    assert order == [off, on, on, off, on, off, off, on]  # A B, B A, B A, A B
+    assert order[-1] == on  # right before the batching server's "c=1 after c=64"
+    alone = (True, bench.Phase("cache hit, c=1", 1, "cache"))
+    assert bench.stretches([alone]) == [alone]
+
+
 def test_slices_add_up_and_only_measured_answers_count() -> None:
     first, second = bench.Sample(wall=2.0), bench.Sample(wall=2.0)
     first.add(200, 0.010, 1, b"{}", measured=True)
