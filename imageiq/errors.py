@@ -62,10 +62,6 @@ class KeyNotFound(ImageIQError):
     status, code = 404, "key_not_found"
 
 
-class Conflict(ImageIQError):
-    status, code = 409, "conflict"
-
-
 class MethodNotAllowed(ImageIQError):
     status, code = 405, "method_not_allowed"
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from imageiq.architectures import MAIN_HEAD, ImageIQNet
 from imageiq.errors import ConfigurationError
-from imageiq.images import DecodedImage, read_image
+from imageiq.images import DecodedImage
 from imageiq.preprocessing import EvalTransform
 from imageiq.registry import RegisteredModel, load_model
 
@@ -77,7 +77,12 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """ "auto": bf16 where the hardware runs it natively (CPUs with AVX512-BF16 or AMX; GPUs
-    that support it, else fp16), fp32 elsewhere: emulated bf16 is slower than fp32."""
+    that support it, else fp16), fp32 elsewhere: emulated bf16 is slower than fp32. fp16
+    off a GPU is refused."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigurationError(
+            "precision 'fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'."
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -108,10 +113,6 @@ class Classifier:
         self.model = model
         self.options = options or InferenceOptions()
         self.precision = resolve_precision(self.options.precision, device)
-        if self.precision == "fp16" and device.type != "cuda":
-            raise ConfigurationError(
-                "precision 'fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'."
-            )
         self.device = device
         self.transform = EvalTransform(model.card.preprocessing)
         self.labels = model.card.labels
@@ -157,9 +158,9 @@ class Classifier:
         return (3, size, size)
 
     def decode(self, data: bytes, *, max_pixels: int, draft: bool = True) -> DecodedImage:
-        """Untrusted bytes -> image; large JPEGs drafted down towards what the model needs."""
-        size = self.transform.config.resize_size if draft else None
-        return read_image(data, max_pixels=max_pixels, draft_size=size)
+        """Untrusted bytes -> image; large JPEGs drafted down towards what the model needs
+        (:meth:`EvalTransform.decode`, which training's held-out images go through too)."""
+        return self.transform.decode(data, max_pixels=max_pixels, draft=draft)
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """One decoded image -> uint8 [3, S, S]; cheap enough for a request thread."""
@@ -262,9 +263,6 @@ class Classifier:
 
     def predict(self, batch: torch.Tensor, *, top_k: int = 5) -> list[Prediction]:
         return self.postprocess(self.predict_proba(batch), top_k=top_k)
-
-    def predict_images(self, images: Sequence[Image.Image], *, top_k: int = 5) -> list[Prediction]:
-        return self.predict(torch.stack([self.prepare(im) for im in images]), top_k=top_k)
 
     def postprocess(self, probs: dict[str, torch.Tensor], *, top_k: int) -> list[Prediction]:
         main = probs[MAIN_HEAD]

@@ -20,6 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from imageiq.errors import UnsupportedImageFormat
+from imageiq.images import DecodedImage, read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +78,13 @@ class EvalTransform:
         self._interpolation = InterpolationMode(config.interpolation)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._array_stats: tuple[np.ndarray, np.ndarray] | None = None
+
+    def decode(self, data: bytes, *, max_pixels: int, draft: bool = True) -> DecodedImage:
+        """Untrusted bytes -> image, as the server decodes an upload and training reads its
+        held-out images: with ``draft``, a large JPEG is decoded at the smallest reduced
+        scale that still covers ``resize_size`` (Pillow's draft mode)."""
+        draft_size = self.config.resize_size if draft else None
+        return read_image(data, max_pixels=max_pixels, draft_size=draft_size)
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """One image -> uint8 tensor [3, crop, crop] (colour, resize, centre crop)."""

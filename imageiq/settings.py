@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -302,3 +302,17 @@ class _ConfigFile(PydanticBaseSettingsSource):
         if not isinstance(data, dict):
             raise ConfigurationError(f"config file {path} must be a mapping of setting: value")
         return {str(k): v for k, v in data.items()}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from the environment and the config file (``overrides`` first): the
+    factory every entry point calls once. An invalid value is a :class:`ConfigurationError`
+    naming each variable and what is wrong with it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = []
+        for problem in e.errors():
+            name = "_".join(str(p) for p in problem["loc"]).upper()
+            problems.append(f"{'IMAGEIQ_' + name if name else 'settings'}: {problem['msg']}")
+        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from e

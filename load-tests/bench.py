@@ -96,7 +96,7 @@ def unique(data: bytes, n: int) -> bytes:
 
 # --- models -----------------------------------------------------------------------------------
 def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "imageiq", *args], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "imageiq_cli", *args], cwd=ROOT, check=True)
 
 
 def newest(name: str) -> RegisteredModel | None:

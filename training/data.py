@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from imageiq.errors import DatasetError
 from imageiq.images import decode_image
+from imageiq.preprocessing import EvalTransform, PreprocessConfig
 
 if TYPE_CHECKING:
     from training.sources import LabelledData
@@ -94,34 +97,6 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
-class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Decodes each file the way the server decodes an upload, then applies ``transform``."""
-
-    def __init__(
-        self,
-        paths: Sequence[Path],
-        targets: Sequence[int],
-        transform: Callable[..., torch.Tensor],
-        *,
-        max_pixels: int,
-    ) -> None:
-        self.paths = list(paths)
-        self.targets = list(targets)
-        self.transform = transform
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path = self.paths[i]
-        try:
-            image = decode_image(path.read_bytes(), max_pixels=self.max_pixels)
-        except Exception as e:
-            raise DatasetError(f"Could not read {path}: {e}") from e
-        return self.transform(image), self.targets[i]
-
-
 class LabelledDataset(Dataset[tuple[torch.Tensor, dict[str, int]]]):
     """Images of a :class:`training.sources.LabelledData` (local files or S3 objects), decoded
     the way the server decodes an upload, with a target per head: ``label`` and each
@@ -134,11 +109,14 @@ class LabelledDataset(Dataset[tuple[torch.Tensor, dict[str, int]]]):
         transform: Callable[..., torch.Tensor],
         *,
         max_pixels: int,
+        decode: Callable[[bytes], Image.Image] | None = None,
     ) -> None:
         self.data = data
         self.indices = list(indices)
         self.transform = transform
         self.max_pixels = max_pixels
+        # bytes -> image; by default the full image, as the augmentations want it.
+        self.decode = decode or functools.partial(decode_image, max_pixels=max_pixels)
         targets = {"label": data.targets, **{h: data.head_targets(h) for h in data.heads}}
         self.targets = {head: [values[i] for i in self.indices] for head, values in targets.items()}
 
@@ -148,7 +126,32 @@ class LabelledDataset(Dataset[tuple[torch.Tensor, dict[str, int]]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, int]]:
         j = self.indices[i]
         try:
-            image = decode_image(self.data.read(j), max_pixels=self.max_pixels)
+            image = self.decode(self.data.read(j))
         except Exception as e:
             raise DatasetError(f"Could not read {self.data.samples[j].uri}: {e}") from e
         return self.transform(image), {head: t[i] for head, t in self.targets.items()}
+
+
+def held_out_dataset(
+    data: LabelledData,
+    indices: Sequence[int],
+    preprocessing: PreprocessConfig,
+    *,
+    max_pixels: int,
+    normalized: bool = True,
+) -> LabelledDataset:
+    """Held-out images read exactly as the server reads an upload: the model's own eval
+    transform decodes them (drafting large JPEGs, as serving does by default) and prepares
+    them; ``normalized``: standardised float tensors, else the uint8 ones the server batches."""
+    transform = EvalTransform(preprocessing)
+    return LabelledDataset(
+        data,
+        indices,
+        transform if normalized else transform.to_uint8,
+        max_pixels=max_pixels,
+        decode=functools.partial(_decoded, transform, max_pixels=max_pixels),
+    )
+
+
+def _decoded(transform: EvalTransform, data: bytes, *, max_pixels: int) -> Image.Image:
+    return transform.decode(data, max_pixels=max_pixels).image

@@ -22,17 +22,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from imageiq.architectures import MAIN_HEAD, WeightsSource, build_model, get_spec
+from imageiq.architectures import MAIN_HEAD, ImageIQNet, build_model, get_spec
 from imageiq.errors import ConfigurationError
-from imageiq.inference import resolve_device
-from imageiq.preprocessing import EvalTransform, PreprocessConfig
+from imageiq.inference import resolve_device, resolve_precision
+from imageiq.preprocessing import PreprocessConfig
 from imageiq.registry import ModelCard, RegisteredModel, register_model
 from training.augment import Augmentation, TrainTransform
 from training.options import add_arguments
 
 __all__ = ["TrainResult", "add_arguments", "main"]
 from training.calibration import expected_calibration_error, fit_temperature, temper
-from training.data import LabelledDataset, stratified_split
+from training.data import LabelledDataset, held_out_dataset, stratified_split
 from training.loop import IGNORE, FitConfig, Trainer
 from training.run import RunDir
 from training.sources import LabelledData, S3Options, load_data
@@ -45,6 +45,20 @@ class TrainResult:
     run_dir: Path
 
 
+@dataclass
+class _Data:
+    """The loaded data, its split, the preprocessing saved with the model, and the loaders."""
+
+    data: LabelledData
+    train_idx: list[int]
+    val_idx: list[int]
+    preprocessing: PreprocessConfig
+    train_set: LabelledDataset
+    train_loader: DataLoader[Any]
+    val_loader: DataLoader[Any]
+    generator: torch.Generator  # the training order's: checkpointed with the run
+
+
 def main(
     args: argparse.Namespace,
     *,
@@ -52,13 +66,11 @@ def main(
     console: Console | None = None,
     s3: S3Options | None = None,
 ) -> TrainResult:
+    """Load, build, fit, calibrate, register: each a function below."""
     console = console or Console()
     run, args, resumed = _open_run(args)
     _seed_everything(args.seed)
     device = resolve_device(args.device)
-    spec = get_spec(args.arch)
-    weights: WeightsSource = "file" if args.weights_file else args.weights
-
     data = _load(args.data, max_pixels=max_image_pixels, s3=s3, console=console)
     if resumed is not None and resumed.get("dataset_fingerprint") != data.fingerprint:
         raise ConfigurationError(
@@ -66,74 +78,14 @@ def main(
             "(its fingerprint differs): start a new run instead of resuming."
         )
     run.write_skipped(data.skipped)
-    train_idx, val_idx = stratified_split(
-        data.targets, val_fraction=args.val_fraction, seed=args.seed
-    )
-    if weights == "none" or spec.imagenet_weights is None:  # no crop margin unless asked
-        preprocessing = PreprocessConfig(
-            resize_size=args.resize_size or args.image_size, crop_size=args.image_size
-        )
-    else:  # a pretrained backbone keeps its weights' eval preset, scaled to --image-size
-        preprocessing = PreprocessConfig.for_weights(
-            spec.imagenet_weights, crop_size=args.image_size, resize_size=args.resize_size
-        )
-    augmentation = Augmentation(
-        crop_scale=args.crop_scale, hflip=args.hflip, color_jitter=args.color_jitter
-    )
-    train_set = LabelledDataset(
-        data,
-        train_idx,
-        TrainTransform(preprocessing, augmentation),
-        max_pixels=max_image_pixels,
-    )
-    val_set = LabelledDataset(
-        data, val_idx, EvalTransform(preprocessing), max_pixels=max_image_pixels
-    )
-    generator = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=args.batch_size,
-        drop_last=len(train_idx) > args.batch_size,  # no 1-image batch for BatchNorm
-        num_workers=args.workers,
-        generator=generator,
-        **_order(args.balance, train_set.targets[MAIN_HEAD], len(data.classes), generator),
-    )
-    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, num_workers=args.workers)
+    prepared = _prepare_data(args, data, max_pixels=max_image_pixels)
     console.print(
         f"[bold]{args.arch}[/] on {data.source}: {len(data.classes)} classes"
         + (f", heads {', '.join(data.heads)}" if data.heads else "")
-        + f", {len(train_idx)} train / {len(val_idx)} held-out images, {args.image_size}px, "
-        f"{device}"
+        + f", {len(prepared.train_idx)} train / {len(prepared.val_idx)} held-out images, "
+        f"{args.image_size}px, {device}"
     )
-
-    heads = list(data.heads)
-    net = build_model(
-        arch=args.arch,
-        num_classes=len(data.classes),
-        heads={h: len(v) for h, v in data.heads.items()},
-        weights=weights,
-        weights_file=args.weights_file,
-    ).to(device)
-    trainer = Trainer(
-        net,
-        config=FitConfig(
-            epochs=args.epochs,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            label_smoothing=args.label_smoothing,
-            warmup_epochs=args.warmup_epochs,
-            freeze_epochs=args.freeze_epochs,
-            patience=args.patience,
-            precision=_precision(args.precision, device),
-            class_weights=_class_weights(train_set.targets[MAIN_HEAD], len(data.classes))
-            if args.balance == "weights"
-            else None,
-        ),
-        heads=heads,
-        steps_per_epoch=len(train_loader),
-        device=device,
-        generator=generator,
-    )
+    net, trainer = _build(args, prepared, device=device)
     if resumed is not None:
         trainer.load(run.checkpoint)
         console.print(f"resuming {run.path} after epoch {trainer.state.epoch}")
@@ -147,17 +99,114 @@ def main(
                 "heads": data.heads,
                 "images": len(data.samples),
                 "skipped": len(data.skipped),
-                "train": len(train_idx),
-                "held_out": len(val_idx),
+                "train": len(prepared.train_idx),
+                "held_out": len(prepared.val_idx),
             },
             "device": str(device),
         }
     )
+    final = _fit(args, trainer, prepared, run=run, console=console)
+    temperature = _calibrate(trainer, prepared.val_loader, final)
+    model = _register(
+        args,
+        net,
+        prepared,
+        final,
+        temperature,
+        history=trainer.state.history,
+        device=device,
+        run=run,
+    )
+    _report(console, model, final, heads=list(data.heads), held_out=len(prepared.val_idx))
+    console.print(f"registered [bold]{model.tag}[/]; run directory {run.path}")
+    return TrainResult(model, final, run.path)
 
+
+def _prepare_data(args: argparse.Namespace, data: LabelledData, *, max_pixels: int) -> _Data:
+    """The stratified split, the preprocessing config (saved with the model) and the loaders:
+    augmented training images, and held-out images read exactly as the server reads them."""
+    spec = get_spec(args.arch)
+    train_idx, val_idx = stratified_split(
+        data.targets, val_fraction=args.val_fraction, seed=args.seed
+    )
+    if args.weights == "none" or spec.imagenet_weights is None:  # no crop margin unless asked
+        preprocessing = PreprocessConfig(
+            resize_size=args.resize_size or args.image_size, crop_size=args.image_size
+        )
+    else:  # a pretrained backbone keeps its weights' eval preset, scaled to --image-size
+        preprocessing = PreprocessConfig.for_weights(
+            spec.imagenet_weights, crop_size=args.image_size, resize_size=args.resize_size
+        )
+    augmentation = Augmentation(
+        crop_scale=args.crop_scale, hflip=args.hflip, color_jitter=args.color_jitter
+    )
+    train_set = LabelledDataset(
+        data, train_idx, TrainTransform(preprocessing, augmentation), max_pixels=max_pixels
+    )
+    val_set = held_out_dataset(data, val_idx, preprocessing, max_pixels=max_pixels)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        drop_last=len(train_idx) > args.batch_size,  # no 1-image batch for BatchNorm
+        num_workers=args.workers,
+        generator=generator,
+        **_order(args.balance, train_set.targets[MAIN_HEAD], len(data.classes), generator),
+    )
+    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, num_workers=args.workers)
+    return _Data(
+        data, train_idx, val_idx, preprocessing, train_set, train_loader, val_loader, generator
+    )
+
+
+def _build(
+    args: argparse.Namespace, prepared: _Data, *, device: torch.device
+) -> tuple[ImageIQNet, Trainer]:
+    """The network (its backbone's weights as asked) and its trainer."""
+    data = prepared.data
+    net = build_model(
+        arch=args.arch,
+        num_classes=len(data.classes),
+        heads={h: len(v) for h, v in data.heads.items()},
+        weights="file" if args.weights_file else args.weights,
+        weights_file=args.weights_file,
+    ).to(device)
+    targets = prepared.train_set.targets[MAIN_HEAD]
+    trainer = Trainer(
+        net,
+        config=FitConfig(
+            epochs=args.epochs,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            warmup_epochs=args.warmup_epochs,
+            freeze_epochs=args.freeze_epochs,
+            patience=args.patience,
+            precision=_precision(args.precision, device),
+            class_weights=_class_weights(targets, len(data.classes))
+            if args.balance == "weights"
+            else None,
+        ),
+        heads=list(data.heads),
+        steps_per_epoch=len(prepared.train_loader),
+        device=device,
+        generator=prepared.generator,
+    )
+    return net, trainer
+
+
+def _fit(
+    args: argparse.Namespace, trainer: Trainer, prepared: _Data, *, run: RunDir, console: Console
+) -> dict[str, float]:
+    """The epochs (a checkpoint after each, early stopping with ``--patience``); the metrics
+    of the epoch whose weights the network now holds (the best held-out one with early
+    stopping, else the last)."""
+    heads = list(prepared.data.heads)
+    steps = len(prepared.train_loader)
     started = time.perf_counter()
     with _progress(console) as progress:
-        task = progress.add_task("train", total=args.epochs * len(train_loader), status="")
-        progress.update(task, completed=trainer.state.epoch * len(train_loader))
+        task = progress.add_task("train", total=args.epochs * steps, status="")
+        progress.update(task, completed=trainer.state.epoch * steps)
         while trainer.state.epoch < args.epochs:
             epoch = trainer.state.epoch + 1
 
@@ -169,8 +218,8 @@ def main(
                     status=f"loss {loss:.4f}  top-1 {top1:.2%}",
                 )
 
-            record = trainer.train_epoch(train_loader, on_step=on_step)
-            record.update(trainer.evaluate(val_loader)["metrics"])
+            record = trainer.train_epoch(prepared.train_loader, on_step=on_step)
+            record.update(trainer.evaluate(prepared.val_loader)["metrics"])
             stop = trainer.end_epoch(record)
             trainer.save(run.checkpoint)
             run.write_history(trainer.state.history)
@@ -188,49 +237,72 @@ def main(
                     f"early stop: no better held-out loss for {args.patience} epochs"
                 )
                 break
-
     state = trainer.state
-    # With early stopping the best held-out epoch is registered, else the last one.
     chosen = state.best_epoch if args.patience > 0 else state.epoch
     if args.patience > 0 and state.best_weights is not None:
-        net.load_state_dict(state.best_weights)
+        trainer.net.load_state_dict(state.best_weights)
     best = state.history[chosen - 1]
     final = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
     final["epoch"] = chosen
     final["train_seconds"] = round(time.perf_counter() - started, 1)
-    temperature = _calibrate(trainer, val_loader, final)
+    return final
+
+
+def _register(
+    args: argparse.Namespace,
+    net: ImageIQNet,
+    prepared: _Data,
+    final: dict[str, float],
+    temperature: dict[str, float],
+    *,
+    history: list[dict[str, float]],
+    device: torch.device,
+    run: RunDir,
+) -> RegisteredModel:
+    """The weights and their card (labels, heads, preprocessing, metrics, temperature,
+    dataset fingerprint, resolved config) as a new version in the model store."""
+    data = prepared.data
     card = ModelCard(
         architecture=args.arch,
         labels=data.classes,
         heads=data.heads,
-        preprocessing=preprocessing,
+        preprocessing=prepared.preprocessing,
         metrics=final,
         temperature=temperature,
         dataset_fingerprint=data.fingerprint,
         training_config={
             **_resolved_config(args),
             "device": str(device),
-            "n_train": len(train_idx),
-            "n_val": len(val_idx),
+            "n_train": len(prepared.train_idx),
+            "n_val": len(prepared.val_idx),
             "skipped": len(data.skipped),
             "run_dir": str(run.path),
-            "history": state.history,
+            "history": history,
         },
     )
-    model = register_model(net.cpu(), card, name=args.model_name)
+    return register_model(net.cpu(), card, name=args.model_name)
+
+
+def _report(
+    console: Console,
+    model: RegisteredModel,
+    final: dict[str, float],
+    *,
+    heads: list[str],
+    held_out: int,
+) -> None:
     console.print(
-        f"held-out top-1 accuracy: [bold]{final['val_top1']:.2%}[/] on {len(val_idx)} images"
-        f" (epoch {chosen})"
+        f"held-out top-1 accuracy: [bold]{final['val_top1']:.2%}[/] on {held_out} images"
+        f" (epoch {int(final['epoch'])})"
     )
     for head in heads:
         if f"val_{head}_top1" in final:
             console.print(f"held-out {head} accuracy: [bold]{final[f'val_{head}_top1']:.2%}[/]")
+    temperature = model.card.temperature[MAIN_HEAD]
     console.print(
-        f"calibration: temperature {temperature[MAIN_HEAD]:.3f}, held-out ECE "
+        f"calibration: temperature {temperature:.3f}, held-out ECE "
         f"{final['val_ece']:.4f} -> {final['val_ece_calibrated']:.4f}"
     )
-    console.print(f"registered [bold]{model.tag}[/]; run directory {run.path}")
-    return TrainResult(model, final, run.path)
 
 
 def _calibrate(
@@ -303,13 +375,12 @@ def _class_weights(targets: list[int], n_classes: int) -> list[float]:
 
 
 def _precision(choice: str, device: torch.device) -> str:
-    if choice != "auto":
-        if choice == "fp16" and device.type != "cuda":
-            raise ConfigurationError("--precision fp16 needs a CUDA device; use bf16 on a CPU.")
-        return choice
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    """As serving resolves it (:func:`resolve_precision`), except that "auto" trains in fp32
+    on a CPU (bf16 there is an explicit ``--precision bf16``): the recipes and their
+    accuracies in docs/training.md were measured in fp32."""
+    if choice == "auto" and device.type != "cuda":
+        return "fp32"
+    return resolve_precision(choice, device)
 
 
 def _progress(console: Console) -> Progress:

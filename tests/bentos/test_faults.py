@@ -90,7 +90,7 @@ class Client:
 
 
 def dependency(server: Server, name: str) -> str:
-    return str(server.get("/readyz", auth=False).json()["dependencies"][name]["state"])
+    return str(server.get("/v1/models").json()["dependencies"][name]["state"])
 
 
 def test_redis_stopped_mid_run(served: Server, stack: Stack, images: list[bytes]) -> None:
@@ -147,7 +147,7 @@ def test_postgres_restarted_mid_run(served: Server, stack: Stack, images: list[b
     stored = [client.classify(store=True)["image"]["id"] for _ in range(5)]
     assert dependency(served, "database") == "down"
     assert served.get("/readyz", auth=False).status_code == 200
-    pending = served.get("/readyz", auth=False).json()["dependencies"]["records_pending"]
+    pending = served.get("/v1/models").json()["dependencies"]["records_pending"]
     assert pending > 0
     client.run_for(1.0)
     stack.postgres.start()
@@ -176,9 +176,7 @@ def test_records_survive_a_shutdown_while_postgres_is_down(
     with running_server(digits_model, log, env) as server:
         client = Client(server, images)
         client.classify()  # the key is checked once: from then on this replica trusts it
-        wait_for(
-            lambda: server.get("/readyz", auth=False).json()["dependencies"]["records_pending"] == 0
-        )
+        wait_for(lambda: server.get("/v1/models").json()["dependencies"]["records_pending"] == 0)
         before = stack.count(Prediction)
         client.accepted = 0
         stack.postgres.stop()

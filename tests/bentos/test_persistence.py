@@ -179,8 +179,9 @@ def test_activate_switches_version_without_restart_and_is_audited(
     assert served.get("/v1/models").json()["active"] == digits_model.tag
 
 
-def test_readyz_reports_the_dependencies(served: Server) -> None:
-    body = served.get("/readyz", auth=False).json()
+def test_models_reports_readiness_and_the_dependencies(served: Server) -> None:
+    assert served.get("/readyz", auth=False).status_code == 200
+    body = served.get("/v1/models").json()
     assert body["ready"] is True
     deps = body["dependencies"]
     assert deps["database"] == deps["database"] | {"backend": "postgresql", "state": "up"}

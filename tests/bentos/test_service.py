@@ -10,9 +10,15 @@ import httpx
 import pytest
 
 from imageiq.inference import Classifier
-from imageiq.parity import check_parity
+from imageiq_cli.parity import check_parity
 from tests.conftest import Server
-from tests.imageiq.images_helpers import encode, photo, png_header_only, variants
+from tests.imageiq.images_helpers import (
+    encode,
+    photo,
+    png_header_only,
+    predict_offline,
+    variants,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +53,7 @@ def test_classify_a_digit(server: Server, digits_dir: Path) -> None:
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
     assert all(0.0 <= s <= 1.0 for s in scores) and sum(scores) <= 1.0 + 1e-6
     assert len({p["label"] for p in body["predictions"]}) == 5
-    offline = Classifier.load(server.model.tag).predict_images([photo_of(path)], top_k=5)[0]
+    offline = predict_offline(Classifier.load(server.model.tag), [photo_of(path)], top_k=5)[0]
     assert body["predictions"][0]["label"] == offline.labels[0].label
 
 
@@ -268,7 +274,7 @@ def test_served_formats_agree_with_offline(server: Server) -> None:
         served = [(p["label"], p["score"]) for p in resp.json()["predictions"]]
         image = decode_image(data, max_pixels=10**8)
         offline = [
-            (s.label, s.score) for s in classifier.predict_images([image], top_k=10)[0].labels
+            (s.label, s.score) for s in predict_offline(classifier, [image], top_k=10)[0].labels
         ]
         assert [label for label, _ in served] == [label for label, _ in offline], name
         assert max(abs(a[1] - b[1]) for a, b in zip(served, offline, strict=True)) < 1e-5

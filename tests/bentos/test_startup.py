@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,48 @@ def test_auth_off_serves_without_keys_and_says_so(
         assert resp.status_code == 200, resp.text
         assert server.get("/v1/stats", auth=False).status_code == 200
         assert server.log.read_text().count("AUTHENTICATION IS OFF") >= 3
+
+
+_STARTUP_PROBE = """
+import json, sys
+import bentos.service
+service = bentos.service.ImageClassifier.inner()  # the class BentoML instantiates per worker
+for served in service.pool.models.values():
+    served.runner.wait(timeout=120)
+assert service.pool.ready, service.pool.errors
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+@pytest.mark.parametrize("s3", [False, True], ids=["local-store", "s3"])
+def test_starting_the_service_imports_neither_training_nor_the_cli(
+    s3: bool, digits_model: RegisteredModel, tmp_path: Path
+) -> None:
+    """The service runs the core only (the import contracts say so of the code; this says
+    so of a started service, lazy imports included), and boto3 only when S3 is configured."""
+    from tests.backends import MotoServer
+    from tests.conftest import prepare_database
+
+    env = {"IMAGEIQ_MODELS": digits_model.tag, "IMAGEIQ_DATA_DIR": str(tmp_path / "data")}
+    moto = MotoServer()
+    if s3:
+        moto.start()
+        env |= {"IMAGEIQ_S3_BUCKET": moto.bucket, "IMAGEIQ_S3_ENDPOINT_URL": moto.url}
+        env |= MotoServer.env
+    try:
+        prepare_database(env)
+        out = subprocess.run(
+            [sys.executable, "-c", _STARTUP_PROBE],
+            cwd=ROOT,
+            env={**os.environ, "BENTOML_HOME": str(TEST_HOME), **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        moto.stop()
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert {"bentos", "imageiq", "torch"} <= loaded
+    assert not loaded & {"training", "imageiq_cli", "moto"}
+    assert ("boto3" in loaded) is s3

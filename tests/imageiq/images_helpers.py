@@ -6,6 +6,7 @@ import io
 import struct
 import zipfile
 import zlib
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -371,3 +372,10 @@ def hostile_inputs(seed: int = 0) -> dict[str, tuple[bytes, int, str]]:
         "png-bad-crc-idat.png": (raw_png(np.asarray(rgb), bad_crc=frozenset({b"IDAT"})), corrupt),
     }
     return {name: (data, status, code) for name, (data, (status, code)) in cases.items()}
+
+
+def predict_offline(classifier: Any, images: list[Image.Image], *, top_k: int) -> list[Any]:
+    """The offline reference: prepare each image, stack, predict (no server, no batcher)."""
+    import torch
+
+    return classifier.predict(torch.stack([classifier.prepare(im) for im in images]), top_k=top_k)

@@ -8,11 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from imageiq.cli import main as cli_main
 from imageiq.errors import ConfigurationError
 from imageiq.export import export_model
 from imageiq.inference import Classifier
 from imageiq.registry import RegisteredModel, get_model
+from imageiq_cli.main import main as cli_main
 
 pytestmark = pytest.mark.slow
 

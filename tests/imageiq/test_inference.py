@@ -10,7 +10,7 @@ from imageiq.inference import Classifier, InferenceOptions, resolve_precision
 from imageiq.preprocessing import PreprocessConfig
 from imageiq.registry import WEIGHTS_FILE, ModelCard, RegisteredModel, load_model, register_model
 from imageiq.runner import InferenceThread, ModelRunner
-from tests.imageiq.images_helpers import photo
+from tests.imageiq.images_helpers import photo, predict_offline
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def attribute_model() -> RegisteredModel:
 
 def test_predictions_are_sorted_and_carry_attributes(attribute_model: RegisteredModel) -> None:
     classifier = Classifier.load(attribute_model.tag)
-    predictions = classifier.predict_images([photo(seed=i) for i in range(4)], top_k=2)
+    predictions = predict_offline(classifier, [photo(seed=i) for i in range(4)], top_k=2)
     assert len(predictions) == 4
     for p in predictions:
         assert len(p.labels) == 2
@@ -40,7 +40,7 @@ def test_predictions_are_sorted_and_carry_attributes(attribute_model: Registered
 
 def test_top_k_is_clamped_to_the_label_count(attribute_model: RegisteredModel) -> None:
     classifier = Classifier.load(attribute_model.tag)
-    (prediction,) = classifier.predict_images([photo()], top_k=100)
+    (prediction,) = predict_offline(classifier, [photo()], top_k=100)
     assert len(prediction.labels) == 3
     assert sum(s.score for s in prediction.labels) == pytest.approx(1.0, abs=1e-5)
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,11 +8,14 @@ from pydantic import ValidationError
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms import v2
 
+from imageiq.classify import prepare_image
 from imageiq.inference import Classifier
 from imageiq.preprocessing import EvalTransform, PreprocessConfig, to_rgb
 from imageiq.registry import RegisteredModel, get_model
-from tests.imageiq.images_helpers import photo, variants
-from training.data import ImageDataset, scan_image_folder
+from imageiq.settings import Settings
+from tests.imageiq.images_helpers import encode, photo, variants
+from training.data import held_out_dataset
+from training.sources import load_data
 
 
 def test_config_validation() -> None:
@@ -96,33 +101,42 @@ def test_normalize_array_matches_normalize() -> None:
     np.testing.assert_allclose(got, transform.normalize(values).numpy(), rtol=0, atol=2e-6)
 
 
-def _serving_tensor(classifier: Classifier, data: bytes) -> torch.Tensor:
-    """Exactly what the server does: decode (draft allowed), prepare, batch, normalise."""
-    decoded = classifier.decode(data, max_pixels=10**8, draft=True)
-    return classifier.transform.normalize(classifier.prepare(decoded.image).unsqueeze(0))[0]
+def _serving_tensors(classifier: Classifier, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the server does to an upload, with its default settings: the core's prepare
+    (decode, JPEG draft allowed, colour, resize, crop), then the batch's normalisation."""
+    settings = Settings()
+    prepared = prepare_image(
+        classifier, data, max_pixels=settings.max_image_pixels, draft=settings.jpeg_draft
+    )
+    normalized = classifier.transform.normalize(prepared.tensor.unsqueeze(0))[0]
+    return prepared.tensor, normalized
 
 
 def test_training_and_serving_give_identical_tensors(
-    digits_model: RegisteredModel, digits_dir
+    digits_model: RegisteredModel, tmp_path: Path
 ) -> None:
-    """The preprocessing travels with the model: both paths rebuild it from the stored card."""
+    """The preprocessing travels with the model: training's held-out images (read by the
+    production dataset path, as `imageiq train` and `imageiq quantize` read them) and an
+    upload to the server (the core's prepare) give identical tensors, in every supported
+    format and for a camera-size JPEG that the server decodes in draft mode."""
     card = get_model(digits_model.tag).card  # read back from the model store's metadata
-    index = scan_image_folder(digits_dir)
-    dataset = ImageDataset(
-        index.paths, index.targets, EvalTransform(card.preprocessing), max_pixels=10**8
+    files = {**variants(), "large.jpg": encode(photo(640, 480, seed=3), "JPEG", quality=90)}
+    for i, (name, data) in enumerate(files.items()):  # an ImageFolder of two classes
+        folder = tmp_path / "data" / str(i % 2)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    loaded = load_data(str(tmp_path / "data"), max_pixels=10**8)
+    assert not loaded.skipped and len(loaded.samples) == len(files)
+    indices = list(range(len(loaded.samples)))
+    uint8_set = held_out_dataset(
+        loaded, indices, card.preprocessing, max_pixels=10**8, normalized=False
     )
+    float_set = held_out_dataset(loaded, indices, card.preprocessing, max_pixels=10**8)
     classifier = Classifier.load(digits_model.tag)
-    for i in range(0, len(index.paths), 60):  # 30 digits across all classes
-        train_side, _ = dataset[i]
-        assert torch.equal(train_side, _serving_tensor(classifier, index.paths[i].read_bytes()))
-
-
-@pytest.mark.parametrize("name", sorted(variants()))
-def test_identical_tensors_for_every_format(
-    name: str, digits_model: RegisteredModel, tmp_path
-) -> None:
-    path = tmp_path / name
-    path.write_bytes(variants()[name])
-    classifier = Classifier.load(digits_model.tag)
-    dataset = ImageDataset([path], [0], classifier.transform, max_pixels=10**8)
-    assert torch.equal(dataset[0][0], _serving_tensor(classifier, path.read_bytes()))
+    for i, sample in enumerate(loaded.samples):
+        served_uint8, served_float = _serving_tensors(classifier, loaded.read(i))
+        assert torch.equal(uint8_set[i][0], served_uint8), sample.uri
+        assert torch.equal(float_set[i][0], served_float), sample.uri
+    # The large JPEG really took the draft path (1/8 scale: 80x60 still covers 16 px).
+    draft = classifier.decode(files["large.jpg"], max_pixels=10**8, draft=True)
+    assert draft.image.size == (80, 60) and (draft.width, draft.height) == (640, 480)

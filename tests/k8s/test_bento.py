@@ -279,7 +279,9 @@ def test_the_image_gets_the_service_code_and_every_migration(
     built = bentos(kind)
     src = {p.removeprefix("src/") for p in built.context if p.startswith("src/")}
     assert "bentos/service.py" in src
-    assert "imageiq/__main__.py" in src  # the migration Job's `python -m imageiq db upgrade`
+    assert (
+        "imageiq_cli/__main__.py" in src
+    )  # the migration Job's `python -m imageiq_cli db upgrade`
     assert {f"{MIGRATIONS}/script.py.mako", f"{MIGRATIONS}/env.py"} <= src
     assert any(re.fullmatch(rf"{MIGRATIONS}/versions/\d+_\w+\.py", p) for p in src)
     on_disk = {
@@ -368,7 +370,7 @@ def test_the_dockerfile_builds_the_documented_image(
     assert [json.loads(e) for e in by_keyword["ENTRYPOINT"]] == [[ENTRYPOINT]]
     assert "CMD" not in by_keyword
     assert 'set -- bentoml serve "$@" "$BENTO_PATH"' in built.entrypoint
-    assert 'exec "$@"' in built.entrypoint  # `python -m imageiq ...` runs as given
+    assert 'exec "$@"' in built.entrypoint  # `python -m imageiq_cli ...` runs as given
     # The packages from the bento's requirements, then the bento itself (code and models): a
     # new model version rebuilds the layers from there on, not the packages.
     install = next(

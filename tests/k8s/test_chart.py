@@ -244,7 +244,7 @@ def test_migrations_run_before_the_new_version_serves() -> None:
     hooks = job["metadata"]["annotations"]["helm.sh/hook"].split(",")
     assert hooks == ["pre-install", "pre-upgrade"]
     (migrate,) = job["spec"]["template"]["spec"]["containers"]
-    assert migrate["args"] == ["python", "-m", "imageiq", "db", "upgrade"]
+    assert migrate["args"] == ["python", "-m", "imageiq_cli", "db", "upgrade"]
     assert {e["name"] for e in migrate["env"]} >= {"IMAGEIQ_DATABASE_URL"}
     assert "initContainers" not in rendered[("Deployment", "imageiq")]["spec"]["template"]["spec"]
     # Without a database Secret, each pod migrates its own SQLite file first.

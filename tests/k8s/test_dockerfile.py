@@ -23,7 +23,9 @@ def _dockerfile(bento: Path) -> str:
 def test_the_bento_holds_the_service_code_and_migrations_only(bento: Path) -> None:
     src = bento / "src"
     assert (src / "bentos/service.py").is_file()
-    assert (src / "imageiq/__main__.py").is_file()  # the migration Job's `python -m imageiq`
+    assert (
+        src / "imageiq_cli/__main__.py"
+    ).is_file()  # the migration Job's `python -m imageiq_cli`
     assert (src / "imageiq/db/migrations/script.py.mako").is_file()
     assert list((src / "imageiq/db/migrations").rglob("0001*.py"))
     for absent in ("tests", ".venv", "tools", "helm", "k8s", ".data", ".imageiq", "docs"):
@@ -51,7 +53,7 @@ def test_the_dockerfile_matches_the_chart(bento: Path) -> None:
     assert entry == f"{path}/env/docker/entrypoint.sh"
     script = (bento / "env/docker/entrypoint.sh").read_text()
     assert 'exec bentoml "$@" "$BENTO_PATH"' in script  # args `serve ...` -> bentoml serve
-    assert 'exec "$@"' in script  # args `python -m imageiq ...` run as given
+    assert 'exec "$@"' in script  # args `python -m imageiq_cli ...` run as given
     for name, value in [("IMAGEIQ_DATA_DIR", VALUES["dataVolume"]["mountPath"])]:
         assert (
             re.search(rf"^ARG {name}={re.escape(value)}$", text, re.M) or f"{name}={value}" in text

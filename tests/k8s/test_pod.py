@@ -222,7 +222,7 @@ def test_helm_test_script_passes(pod_and_url: tuple[Pod, str], bento: Path, tmp_
     env = {**os.environ, **pod.env(pod.main)}
     saved = tmp_path / "key"
     made = subprocess.run(
-        [sys.executable, "-m", "imageiq", "keys", "create", "--name", "helm-test"]  # noqa: RUF005
+        [sys.executable, "-m", "imageiq_cli", "keys", "create", "--name", "helm-test"]  # noqa: RUF005
         + ["--scopes", "classify", "--save", str(saved)],
         cwd=bento / "src",
         env=env,

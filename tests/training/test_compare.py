@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from imageiq.cli import main as cli_main
 from imageiq.inference import Classifier
 from imageiq.registry import RegisteredModel
+from imageiq_cli.main import main as cli_main
 from tests.conftest import NO_AUGMENTATION, train_args
 from training.train import main as train_main
 

@@ -42,7 +42,7 @@ def test_resume_after_a_kill_mid_epoch(digits_dir: Path, tmp_path: Path) -> None
     command = [
         sys.executable,
         "-c",
-        "from imageiq.cli import run; run()",
+        "from imageiq_cli.main import run; run()",
         "train",
         "--data",
         str(digits_dir),

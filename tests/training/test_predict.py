@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from imageiq.cli import main as cli_main
 from imageiq.inference import Classifier
 from imageiq.registry import RegisteredModel
+from imageiq_cli.main import main as cli_main
+from tests.imageiq.images_helpers import predict_offline
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def test_predict_an_unlabelled_folder_to_csv(
         if row["error"]:
             continue
         decoded = classifier.decode(Path(row["path"]).read_bytes(), max_pixels=10**8)
-        expected = classifier.predict_images([decoded.image], top_k=3)[0].labels
+        expected = predict_offline(classifier, [decoded.image], top_k=3)[0].labels
         assert [row[f"label_{k}"] for k in (1, 2, 3)] == [s.label for s in expected]
         assert abs(float(row["score_1"]) - expected[0].score) < 1e-5
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from imageiq.cli import main as cli_main
 from imageiq.inference import Classifier
+from imageiq_cli.main import main as cli_main
 from tests.conftest import NO_AUGMENTATION, train_args
 from training.calibration import expected_calibration_error, fit_temperature, temper
 from training.train import main as train_main

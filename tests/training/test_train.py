@@ -89,7 +89,7 @@ def test_pretrained_backbone_keeps_its_weights_preset(shapes_dir: Path, tmp_path
     ],
 )
 def test_bad_arguments_exit_2(bad: list[str], shapes_dir: Path) -> None:
-    from imageiq.cli import main as cli_main
+    from imageiq_cli.main import main as cli_main
 
     with pytest.raises(SystemExit) as e:
         cli_main(["train", "--data", str(shapes_dir), *bad])

@@ -17,8 +17,8 @@ from rich.table import Column, Table
 
 from imageiq.console import console, err_console
 from imageiq.errors import ImageIQError
-from imageiq.ops_cli import add_commands as add_ops_commands
 from imageiq.settings import Settings
+from imageiq_cli.ops import add_commands as add_ops_commands
 from training.commands import cmd_evaluate, cmd_export, cmd_models_compare, cmd_predict
 
 
@@ -234,7 +234,8 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
-    from imageiq.onnx_int8 import RUNTIME, quantize_model
+    from imageiq.onnx_int8 import RUNTIME
+    from training.quantize import quantize_model
     from training.sources import S3Options
 
     with console.status(f"quantizing {args.model}"):
@@ -262,7 +263,7 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_parity(args: argparse.Namespace, settings: Settings) -> int:
-    from imageiq.parity import check_parity
+    from imageiq_cli.parity import check_parity
 
     report = check_parity(
         url=args.url,

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from imageiq.cli import main
 from imageiq.registry import RegisteredModel
+from imageiq_cli.main import main
 
 
 def test_demo_data_writes_the_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

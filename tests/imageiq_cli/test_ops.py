@@ -1,5 +1,5 @@
 """The operator commands (``imageiq db``, ``imageiq keys``, ``imageiq purge``) run through
-:func:`imageiq.cli.main` with their settings from the environment, as an operator runs them:
+:func:`imageiq_cli.main.main` with their settings from the environment, as an operator runs them:
 on the embedded SQLite under a temporary data directory, and once on PostgreSQL."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import Engine, select
 
 from imageiq import catalog
-from imageiq.cli import main
 from imageiq.db.engine import make_engine
 from imageiq.db.schema import AuditEntry, Image, Label, Prediction
 from imageiq.keys import KeyRing, Principal
 from imageiq.settings import Settings
 from imageiq.storage import LocalStore
+from imageiq_cli.main import main
 from tests.backends import PostgresServer, free_port
 
 PEPPER = "a-pepper-only-these-tests-know-42"

@@ -1,3 +1,5 @@
+"""`imageiq quantize` (training.quantize) and the int8 runtime that serves its versions."""
+
 from pathlib import Path
 
 import pytest
@@ -7,16 +9,11 @@ from imageiq.architectures import build_model
 from imageiq.errors import ConfigurationError, DatasetError, ModelNotFound
 from imageiq.images import decode_image
 from imageiq.inference import Classifier
-from imageiq.onnx_int8 import (
-    ONNX_FILE,
-    RUNTIME,
-    OnnxInt8Runtime,
-    onnx_path,
-    quantize_model,
-)
+from imageiq.onnx_int8 import ONNX_FILE, RUNTIME, OnnxInt8Runtime, onnx_path
 from imageiq.preprocessing import PreprocessConfig
 from imageiq.registry import ModelCard, RegisteredModel, list_models, load_model, register_model
 from training.data import scan_image_folder, stratified_split
+from training.quantize import quantize_model
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +181,7 @@ def test_a_plain_model_has_no_int8_runtime() -> None:
 def test_quantize_command_prints_the_new_tag_and_both_scores(
     digits_model: RegisteredModel, digits_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from imageiq.cli import main
+    from imageiq_cli.main import main
 
     code = main(
         [
