@@ -51,7 +51,8 @@ lint: install tools
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/mypy load-tests/bench.py load-tests/bench_report.py load-tests/cache_load.py load-tests/locustfile.py \
-	  load-tests/load_data.py load-tests/load_checks.py load-tests/local_server.py load-tests/run_load.py scripts monitoring/dashboards.py
+	  load-tests/load_data.py load-tests/load_checks.py load-tests/local_server.py load-tests/run_load.py \
+	  load-tests/frontend_service.py scripts monitoring/dashboards.py
 	$(BIN)/yamllint --strict .
 	$(HELM) lint --strict helm/imageiq
 

@@ -57,7 +57,7 @@ import aiohttp  # noqa: E402
 import bench_report  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from local_server import serving  # noqa: E402
+from local_server import LocalServer, serving  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imageiq.inference import Classifier, InferenceOptions, resolve_precision  # noqa: E402
@@ -237,8 +237,9 @@ class Phase:
 
 
 class Load:
-    def __init__(self, url: str, key: str, *, small: bytes, large: bytes) -> None:
-        self.url, self.headers = url, {"Authorization": f"Bearer {key}"}
+    def __init__(self, server: LocalServer, key: str, *, small: bytes, large: bytes) -> None:
+        self.server = server
+        self.url, self.headers = server.url, {"Authorization": f"Bearer {key}"}
         self.small, self.large = small, large
         self.counter = 0
 
@@ -260,8 +261,9 @@ class Load:
     async def run(self, phase: Phase, *, seconds: float, warmup: float) -> Sample:
         """Clients sending back to back for ``warmup`` + ``seconds``; the answers that
         arrive in the last ``seconds`` are measured (steady state: no ramp-up, no drain),
-        every answer's status is counted. Returns once the last answer is in, so the next
-        measurement finds the machine idle."""
+        and so is the CPU time the server's process tree spends meanwhile; every answer's
+        status is counted. Returns once the last answer is in, so the next measurement finds
+        the machine idle."""
         sample = Sample(wall=seconds)
         connector = aiohttp.TCPConnector(limit=phase.concurrency)
         timeout = aiohttp.ClientTimeout(total=120)
@@ -284,7 +286,13 @@ class Load:
                     done = time.perf_counter()
                     sample.add(resp.status, done - sent, n, body, measured_from <= done <= until)
 
-            await asyncio.gather(*(client() for _ in range(phase.concurrency)))
+            async def meter() -> None:
+                await asyncio.sleep(max(0.0, measured_from - time.perf_counter()))
+                started = self.server.cpu_seconds()
+                await asyncio.sleep(max(0.0, until - time.perf_counter()))
+                sample.cpu_s += self.server.cpu_seconds() - started
+
+            await asyncio.gather(meter(), *(client() for _ in range(phase.concurrency)))
         return sample
 
 
@@ -297,6 +305,7 @@ class Sample:
     errors: list[str] = field(default_factory=list)
     images: int = 0
     wall: float = 0.0
+    cpu_s: float = 0.0  # the server's process tree, user + system, while measured
 
     def add(self, status: int, elapsed: float, images: int, body: bytes, measured: bool) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -313,6 +322,7 @@ class Sample:
         self.errors = (self.errors + other.errors)[:5]
         self.images += other.images
         self.wall += other.wall
+        self.cpu_s += other.cpu_s
 
     def summary(self) -> dict[str, Any]:
         q = np.percentile(self.latencies, [50, 95, 99]) * 1000 if self.latencies else [0.0] * 3
@@ -322,6 +332,10 @@ class Sample:
             "statuses": {str(s): n for s, n in sorted(self.statuses.items())},
             "errors": self.errors,
             "img_s": round(self.images / self.wall, 1) if self.wall else 0.0,
+            # Server CPU per image answered: model and everything around it, all processes.
+            "server_core_ms_per_img": round(1000 * self.cpu_s / self.images, 2)
+            if self.images
+            else 0.0,
             "p50_ms": round(float(q[0]), 2),
             "p95_ms": round(float(q[1]), 2),
             "p99_ms": round(float(q[2]), 2),
@@ -366,9 +380,9 @@ def serve(
             }
             if not batching:
                 server_env["IMAGEIQ_MAX_BATCH_SIZE"] = "1"  # else the service's default
-            url = servers.enter_context(serving(server_env, data_dir / "server.log"))
+            server = servers.enter_context(serving(server_env, data_dir / "server.log"))
             loads[batching] = Load(
-                url, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000))
+                server, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000))
             )
         for step in paired(schedule):
             samples = {batching: Sample() for batching, _ in step}
@@ -387,6 +401,39 @@ def serve(
             for batching, phase in step:
                 phase.result = samples[batching].summary()
                 print(f"  served {model.tag} batching={batching} {phase}", file=sys.stderr)
+
+
+FRONTEND_CONCURRENCY = (16, 64)
+
+
+def frontend_capacity(model: RegisteredModel, *, seconds: float, workdir: Path) -> dict[str, Any]:
+    """What the request path delivers with the forward pass skipped
+    (load-tests/frontend_service.py): requests/s into the model's queue, and the server's
+    CPU per request outside the model, from its own process tree. Not compiled (there is
+    no forward pass to compile); everything else as served."""
+    data_dir = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
+    key = prepare_state(data_dir)
+    env = {
+        **os.environ,
+        "IMAGEIQ_MODELS": model.tag,
+        "IMAGEIQ_DATA_DIR": str(data_dir),
+        "IMAGEIQ_LOG_FORMAT": "json",
+        "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
+        "IMAGEIQ_COMPILE": "false",
+    }
+    phases = [Phase(f"forward skipped, c={c}", c) for c in FRONTEND_CONCURRENCY]
+    with serving(
+        env,
+        data_dir / "server.log",
+        service="frontend_service:ImageClassifier",
+        working_dir=ROOT / "load-tests",
+    ) as server:
+        load = Load(server, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000)))
+        for phase in phases:
+            sample = asyncio.run(load.run(phase, seconds=seconds, warmup=min(2.0, seconds / 4)))
+            phase.result = sample.summary()
+            print(f"  front end {phase}", file=sys.stderr)
+    return {"front_processes": 1, "phases": [asdict(p) for p in phases]}
 
 
 def paired(schedule: list[tuple[bool, Phase]]) -> list[list[tuple[bool, Phase]]]:
@@ -519,6 +566,10 @@ def main() -> None:
             finally:
                 ceiling.close()
             results["ceiling"][name] = ceiling.result()
+            if name == "resnet50":
+                results["frontend"] = frontend_capacity(
+                    model, seconds=args.seconds, workdir=Path(tmp)
+                )
             for batching, measured in phases.items():
                 results["served"].append(
                     {

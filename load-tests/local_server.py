@@ -1,6 +1,7 @@
 """The classifier served on 127.0.0.1 for a load run or a benchmark: ``bentoml serve`` on a
 free port, in a process group of its own, waited for until ``/readyz`` answers 200, and
-stopped (SIGTERM, then SIGKILL) however the caller leaves. Used by run_load.py and bench.py."""
+stopped (SIGTERM, then SIGKILL) however the caller leaves; and the CPU time its process tree
+has used. Used by run_load.py and bench.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,14 +21,38 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@dataclass(frozen=True)
+class LocalServer:
+    url: str
+    pid: int  # the `bentoml serve` process: its workers are its descendants
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server's process tree so far (its live processes:
+        ``bentoml serve`` and the workers it started, whose own sessions hide them from a
+        process-group look-up)."""
+        return tree_cpu_seconds(self.pid)
+
+
+SERVICE = "bentos.service:ImageClassifier"
+
+
 @contextmanager
-def serving(env: dict[str, str], log: Path, *, timeout: float = 300) -> Iterator[str]:
-    """Yields the service's URL; its output goes to ``log``."""
+def serving(
+    env: dict[str, str],
+    log: Path,
+    *,
+    service: str = SERVICE,
+    working_dir: Path = ROOT,
+    timeout: float = 300,
+) -> Iterator[LocalServer]:
+    """Yields the running service; its output goes to ``log``. ``service`` is an import
+    path found from ``working_dir`` (the benchmark serves load-tests/frontend_service.py)."""
     port = free_port()
     with log.open("wb") as out:
         server = subprocess.Popen(
             [
-                *(sys.executable, "-m", "bentoml", "serve", "bentos.service:ImageClassifier"),
+                *(sys.executable, "-m", "bentoml", "serve", service),
+                *("--working-dir", str(working_dir)),
                 *("--host", "127.0.0.1", "--port", str(port)),
             ],
             cwd=ROOT,
@@ -38,7 +64,7 @@ def serving(env: dict[str, str], log: Path, *, timeout: float = 300) -> Iterator
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, server, log, timeout)
-        yield url
+        yield LocalServer(url, server.pid)
     finally:
         stop(server)
 
@@ -72,3 +98,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) of ``root`` and its live descendants, from /proc."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Fields after the command name, which may hold spaces and parentheses.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process just exited
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+    total = 0
+    for pid, used in ticks.items():
+        ancestor = pid
+        while ancestor > 1 and ancestor != root:
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == root:
+            total += used
+    return total / os.sysconf("SC_CLK_TCK")

@@ -102,7 +102,8 @@ def local_service(state: Path) -> Iterator[tuple[str, str]]:
         stdout=subprocess.DEVNULL,
     )
     print(f"load test: starting the service (log {state / 'server.log'})", flush=True)
-    with serving(env, state / "server.log") as url:
+    with serving(env, state / "server.log") as server:
+        url = server.url
         print(f"load test: serving on {url}", flush=True)
         yield url, key_file.read_text().strip()
 

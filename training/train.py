@@ -376,8 +376,8 @@ def _class_weights(targets: list[int], n_classes: int) -> list[float]:
 
 def _precision(choice: str, device: torch.device) -> str:
     """As serving resolves it (:func:`resolve_precision`), except that "auto" trains in fp32
-    on a CPU (bf16 there is an explicit ``--precision bf16``): the recipes and their
-    accuracies in docs/training.md were measured in fp32."""
+    on a CPU (bf16 there is an explicit ``--precision bf16``): on the digits recipe bf16
+    gained nothing measurable (docs/training.md)."""
     if choice == "auto" and device.type != "cuda":
         return "fp32"
     return resolve_precision(choice, device)
