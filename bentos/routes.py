@@ -98,10 +98,35 @@ def _model_ref(served: ServedModel) -> dict[str, str]:
     return {"name": served.model.name, "version": served.model.version}
 
 
-def _note_batches(request: Request, results: list[ImageResult]) -> None:
+async def _classify(
+    request: Request,
+    s: ServiceState,
+    params: ClassifyParams,
+    images: list[bytes],
+    *,
+    principal: Principal,
+    endpoint: str,
+    started: float,
+) -> tuple[ServedModel, list[ImageResult]]:
+    """The one core call of a classify route: the options checked, the model resolved (and
+    noted for the access log with the batch sizes its images ran in)."""
+    s.core.check(top_k=params.top_k, min_confidence=params.min_confidence, store=params.store)
+    served = s.pool.resolve(params.model)
+    note(request.scope, model=served.tag)
+    results = await s.core.classify(
+        served,
+        images,
+        top_k=params.top_k,
+        min_confidence=params.min_confidence,
+        store=params.store,
+        principal=principal,
+        endpoint=endpoint,
+        started=started,
+    )
     sizes = [r.classified.batch_size for r in results if r.classified and not r.classified.cached]
     if sizes:
         note(request.scope, batch_sizes=sizes)
+    return served, results
 
 
 @router.post(
@@ -126,20 +151,9 @@ async def classify(
     except errors.ImageIQError as e:
         count_rejected(endpoint, e)
         raise
-    s.core.check(top_k=params.top_k, min_confidence=params.min_confidence, store=params.store)
-    served = s.pool.resolve(params.model)
-    note(request.scope, model=served.tag)
-    (result,) = await s.core.classify(
-        served,
-        [upload.data],
-        top_k=params.top_k,
-        min_confidence=params.min_confidence,
-        store=params.store,
-        principal=principal,
-        endpoint=endpoint,
-        started=started,
+    served, (result,) = await _classify(
+        request, s, params, [upload.data], principal=principal, endpoint=endpoint, started=started
     )
-    _note_batches(request, [result])
     if result.error is not None:
         raise result.error
     assert result.classified is not None
@@ -166,24 +180,20 @@ async def classify_batch(
     s = state(request)
     endpoint = "/v1/classify/batch"
     params, uploads = await read_batch(request, s.limits)
-    s.core.check(top_k=params.top_k, min_confidence=params.min_confidence, store=params.store)
-    served = s.pool.resolve(params.model)
-    note(request.scope, model=served.tag, images=len(uploads))
+    note(request.scope, images=len(uploads))
     readable = [i for i, u in enumerate(uploads) if u.error is None]
     for upload in uploads:
         if upload.error is not None:
             count_rejected(endpoint, upload.error)
-    classified = await s.core.classify(
-        served,
+    served, classified = await _classify(
+        request,
+        s,
+        params,
         [uploads[i].data for i in readable],
-        top_k=params.top_k,
-        min_confidence=params.min_confidence,
-        store=params.store,
         principal=principal,
         endpoint=endpoint,
         started=started,
     )
-    _note_batches(request, classified)
     results = [ImageResult(error=u.error) for u in uploads]
     for i, result in zip(readable, classified, strict=True):
         results[i] = result

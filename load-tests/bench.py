@@ -355,6 +355,25 @@ def prepare_state(data_dir: Path) -> str:
     return key
 
 
+def server_state(
+    model: RegisteredModel, workdir: Path, **settings: str
+) -> tuple[dict[str, str], Path, str]:
+    """A server's environment (its model, a state directory of its own, ``settings``), that
+    directory with a migrated database, and an API key for it."""
+    data_dir = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
+    key = prepare_state(data_dir)
+    env = {
+        **os.environ,
+        "IMAGEIQ_MODELS": model.tag,
+        "IMAGEIQ_DATA_DIR": str(data_dir),
+        "IMAGEIQ_LOG_FORMAT": "json",
+        # The load comes from one key, far above any client's fair share.
+        "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
+        **settings,
+    }
+    return env, data_dir, key
+
+
 def serve(
     model: RegisteredModel,
     *,
@@ -368,19 +387,11 @@ def serve(
     with contextlib.ExitStack() as servers:
         loads: dict[bool, Load] = {}
         for batching in dict.fromkeys(b for b, _ in schedule):
-            data_dir = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
-            key = prepare_state(data_dir)
-            server_env = {
-                **os.environ,
-                "IMAGEIQ_MODELS": model.tag,
-                "IMAGEIQ_DATA_DIR": str(data_dir),
-                "IMAGEIQ_LOG_FORMAT": "json",
-                # The load comes from one key, far above any client's fair share.
-                "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
-            }
-            if not batching:
-                server_env["IMAGEIQ_MAX_BATCH_SIZE"] = "1"  # else the service's default
-            server = servers.enter_context(serving(server_env, data_dir / "server.log"))
+            # Without batching: batches of one; with it, the service's default.
+            env, data_dir, key = server_state(
+                model, workdir, **({} if batching else {"IMAGEIQ_MAX_BATCH_SIZE": "1"})
+            )
+            server = servers.enter_context(serving(env, data_dir / "server.log"))
             loads[batching] = Load(
                 server, key, small=jpeg(photo(224, 224)), large=jpeg(photo(4000, 3000))
             )
@@ -411,16 +422,7 @@ def frontend_capacity(model: RegisteredModel, *, seconds: float, workdir: Path) 
     (load-tests/frontend_service.py): requests/s into the model's queue, and the server's
     CPU per request outside the model, from its own process tree. Not compiled (there is
     no forward pass to compile); everything else as served."""
-    data_dir = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
-    key = prepare_state(data_dir)
-    env = {
-        **os.environ,
-        "IMAGEIQ_MODELS": model.tag,
-        "IMAGEIQ_DATA_DIR": str(data_dir),
-        "IMAGEIQ_LOG_FORMAT": "json",
-        "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
-        "IMAGEIQ_COMPILE": "false",
-    }
+    env, data_dir, key = server_state(model, workdir, IMAGEIQ_COMPILE="false")
     phases = [Phase(f"forward skipped, c={c}", c) for c in FRONTEND_CONCURRENCY]
     with serving(
         env,
