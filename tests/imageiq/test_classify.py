@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from imageiq import errors
 from imageiq.backends import Backends, open_database
-from imageiq.classify import Classification, ImageResult
+from imageiq.classify import INLINE_BYTES, Classification, ImageResult
 from imageiq.db.engine import upgrade
 from imageiq.db.schema import Image, Prediction
 from imageiq.inference import Classifier
@@ -185,3 +186,24 @@ def test_an_empty_image_and_pixels_over_the_limit_are_errors_of_their_own(core: 
     assert empty.error is not None and empty.error.code == "empty_image"
     assert too_big.error is not None and too_big.error.code == "image_too_large"
     assert fine.classified is not None
+
+
+def test_a_lone_small_image_is_prepared_inline_with_the_same_answer(core: Core) -> None:
+    """One small image is decoded on the calling thread, several in worker threads: the
+    answer is the same, and an image whose header says more pixels than the inline bound
+    (a few KB of PNG) still gets the service's own limit, not the inline bound."""
+    small = jpeg(20)
+    assert len(small) <= INLINE_BYTES
+    (alone,) = core.classify([small])
+    in_batch, _ = core.classify([small, jpeg(21)])
+    assert alone.classified is not None and in_batch.classified is not None
+    assert alone.classified.scored == in_batch.classified.scored
+    flat = encode(PILImage.new("RGB", (800, 800), (200, 30, 30)), "PNG")  # 0.64 MP, ~2 KB
+    assert len(flat) <= INLINE_BYTES
+    (big_but_allowed,) = core.classify([flat])
+    assert big_but_allowed.classified is not None
+    assert big_but_allowed.classified.image.width == 800
+    bomb = encode(PILImage.new("RGB", (1100, 1000), (0, 0, 0)), "PNG")  # 1.1 MP > the 1 MP limit
+    (refused,) = core.classify([bomb])
+    assert refused.error is not None and refused.error.code == "image_too_large"
+    assert refused.error.details["max_pixels"] == 1_000_000
