@@ -234,10 +234,8 @@ class Classification:
             if len(data) > HASH_INLINE_BYTES
             else _sha256(data)
         )
-        key = cache_key(
-            sha256=sha256, model_name=model.model.name, model_version=model.model.version,
-            top_k=top_k,
-        )  # fmt: skip
+        name, version = model.model.name, model.model.version
+        key = cache_key(sha256=sha256, model_name=name, model_version=version, top_k=top_k)
         cache = self.backends.cache
         # The in-process cache answers inline (a dict look-up costs less than a thread hop);
         # Redis is a network call, made in a worker thread.

@@ -240,6 +240,29 @@ def test_records_are_written_in_batches_off_the_callers_thread(
     assert not rejected(spool) and not spooled(spool)
 
 
+def test_a_steady_stream_is_written_in_batches_not_a_transaction_per_record(
+    sqlite: Engine, recorders: Callable[..., Recorder], store: LocalStore, spool: Path
+) -> None:
+    """Records arriving one by one, as requests answer, are gathered for a flush interval
+    (0.05 s here) after each partial batch; the writer used to wake for each record."""
+    commits = []
+
+    @event.listens_for(sqlite, "commit")
+    def _commit(*_: Any) -> None:
+        commits.append(1)
+
+    recorder = recorders(sqlite, store, spool, batch_size=100)
+    started = time.perf_counter()
+    for i in range(300):  # about 0.6 s at one record every 2 ms
+        recorder.record(prediction(label=f"label-{i % 7}"))
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    wait_for(lambda: count(sqlite, Prediction) == 300, what="every record written")
+    # One transaction per flush interval, give or take: ~12 here; a transaction per record
+    # would be hundreds.
+    assert len(commits) <= 2 * elapsed / 0.05 + 5, (len(commits), elapsed)
+
+
 def test_close_flushes_what_is_queued(
     sqlite: Engine, recorders: Callable[..., Recorder], store: LocalStore, spool: Path
 ) -> None:
