@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from imageiq.architectures import MAIN_HEAD, ImageIQNet, build_model, get_spec
+from imageiq.architectures import MAIN_HEAD, ImageIQNet, WeightsSource, build_model, get_spec
 from imageiq.errors import ConfigurationError
 from imageiq.inference import resolve_device, resolve_precision
 from imageiq.preprocessing import PreprocessConfig
@@ -129,7 +129,7 @@ def _prepare_data(args: argparse.Namespace, data: LabelledData, *, max_pixels: i
     train_idx, val_idx = stratified_split(
         data.targets, val_fraction=args.val_fraction, seed=args.seed
     )
-    if args.weights == "none" or spec.imagenet_weights is None:  # no crop margin unless asked
+    if _weights(args) == "none" or spec.imagenet_weights is None:  # no crop margin unless asked
         preprocessing = PreprocessConfig(
             resize_size=args.resize_size or args.image_size, crop_size=args.image_size
         )
@@ -159,6 +159,11 @@ def _prepare_data(args: argparse.Namespace, data: LabelledData, *, max_pixels: i
     )
 
 
+def _weights(args: argparse.Namespace) -> WeightsSource:
+    """Where the backbone's weights come from: a local file when one is given."""
+    return "file" if args.weights_file else args.weights
+
+
 def _build(
     args: argparse.Namespace, prepared: _Data, *, device: torch.device
 ) -> tuple[ImageIQNet, Trainer]:
@@ -168,7 +173,7 @@ def _build(
         arch=args.arch,
         num_classes=len(data.classes),
         heads={h: len(v) for h, v in data.heads.items()},
-        weights="file" if args.weights_file else args.weights,
+        weights=_weights(args),
         weights_file=args.weights_file,
     ).to(device)
     targets = prepared.train_set.targets[MAIN_HEAD]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -66,7 +67,10 @@ def open_core(model: RegisteredModel, data_dir: Path, **settings: object) -> Ite
     engine = open_database(config)
     upgrade(engine)
     engine.dispose()
-    thread = InferenceThread(threads=1)
+    # As many threads as this one has: torch.set_num_threads on the inference thread sets
+    # the default of every thread started later, which dynamo's guards compare with the
+    # thread that compiled (tests/imageiq/test_compile.py would recompile).
+    thread = InferenceThread(threads=torch.get_num_threads())
     backends = Backends.open(config)
     backends.start()
     pool = ModelPool(config, thread=thread)

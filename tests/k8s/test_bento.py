@@ -78,7 +78,7 @@ NEVER = {
     "__pycache__",
     ".env",
 }
-CODE = ("bentos", "imageiq", "training")
+CODE = ("bentos", "imageiq", "imageiq_cli", "training")
 MIGRATIONS = "imageiq/db/migrations"
 
 
@@ -279,9 +279,8 @@ def test_the_image_gets_the_service_code_and_every_migration(
     built = bentos(kind)
     src = {p.removeprefix("src/") for p in built.context if p.startswith("src/")}
     assert "bentos/service.py" in src
-    assert (
-        "imageiq_cli/__main__.py" in src
-    )  # the migration Job's `python -m imageiq_cli db upgrade`
+    # The migration Job runs `python -m imageiq_cli db upgrade`.
+    assert "imageiq_cli/__main__.py" in src
     assert {f"{MIGRATIONS}/script.py.mako", f"{MIGRATIONS}/env.py"} <= src
     assert any(re.fullmatch(rf"{MIGRATIONS}/versions/\d+_\w+\.py", p) for p in src)
     on_disk = {

@@ -23,9 +23,7 @@ def _dockerfile(bento: Path) -> str:
 def test_the_bento_holds_the_service_code_and_migrations_only(bento: Path) -> None:
     src = bento / "src"
     assert (src / "bentos/service.py").is_file()
-    assert (
-        src / "imageiq_cli/__main__.py"
-    ).is_file()  # the migration Job's `python -m imageiq_cli`
+    assert (src / "imageiq_cli/__main__.py").is_file()  # the migration Job's entry point
     assert (src / "imageiq/db/migrations/script.py.mako").is_file()
     assert list((src / "imageiq/db/migrations").rglob("0001*.py"))
     for absent in ("tests", ".venv", "tools", "helm", "k8s", ".data", ".imageiq", "docs"):
