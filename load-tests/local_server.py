@@ -100,26 +100,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and its live descendants, from /proc."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def process_tree(root: int) -> dict[int, list[str]]:
+    """``root`` and its live descendants (found by parent, so also the processes that started
+    sessions of their own, as BentoML's workers do): pid -> the fields of /proc/PID/stat
+    after the command name."""
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             # Fields after the command name, which may hold spaces and parentheses.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process just exited
             continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
-    total = 0
-    for pid, used in ticks.items():
+    tree = {}
+    for pid, fields in stats.items():
         ancestor = pid
         while ancestor > 1 and ancestor != root:
-            ancestor = parents.get(ancestor, 0)
+            ancestor = int(stats[ancestor][1]) if ancestor in stats else 0
         if ancestor == root:
-            total += used
-    return total / os.sysconf("SC_CLK_TCK")
+            tree[pid] = fields
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) of ``root`` and its live descendants, from /proc."""
+    ticks = sum(int(f[11]) + int(f[12]) for f in process_tree(root).values())  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")

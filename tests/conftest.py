@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# load-tests/ holds the helpers that start and measure local servers (local_server.py).
+if str(ROOT / "load-tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "load-tests"))
 # IMAGEIQ_TEST_BENTOML_HOME: another store, for a second pytest session running at the same time.
 TEST_HOME = Path(os.environ.get("IMAGEIQ_TEST_BENTOML_HOME", ROOT / ".bentoml-test"))
 shutil.rmtree(TEST_HOME, ignore_errors=True)
@@ -205,16 +208,11 @@ class Server:
         return self.request("DELETE", path, **kwargs)
 
     def worker_pids(self) -> list[int]:
-        """The server's processes (its whole session), for RSS measurements."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.getsid(int(entry.name)) == self.proc.pid:
-                        pids.append(int(entry.name))
-                except OSError:
-                    continue
-        return pids
+        """The server's processes: ``bentoml serve`` and its descendants (its workers run in
+        sessions of their own), for RSS measurements and restart checks."""
+        from local_server import process_tree
+
+        return list(process_tree(self.proc.pid))
 
     def rss_bytes(self) -> int:
         total = 0
