@@ -3,40 +3,26 @@ fields of :class:`bentos.schemas.PredictionOut`, and a failed image to its ``err
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from bentos.schemas import ItemError
 from imageiq import errors
 from imageiq.classify import Classified, ImageResult
-from imageiq.inference import ScoredLabel
 
 
 def prediction_fields(classified: Classified) -> dict[str, Any]:
     """What ``/v1/classify`` answers about one image (without ``model``)."""
-    image = classified.image
-    image_out: dict[str, Any] = {
-        "sha256": image.sha256,
-        "width": image.width,
-        "height": image.height,
-        "format": image.format,
-        "bytes": image.bytes,
-    }
+    image: dict[str, Any] = dataclasses.asdict(classified.image)
     if classified.stored is not None:
-        image_out["id"], image_out["stored"] = image.sha256, classified.stored
-    t = classified.timing_ms
+        image["id"], image["stored"] = classified.image.sha256, classified.stored
     return {
-        "predictions": [_scored(s) for s in classified.labels],
-        "attributes": {head: _scored(s) for head, s in classified.attributes.items()},
-        "image": image_out,
+        "predictions": [s.as_dict() for s in classified.labels],
+        "attributes": {head: s.as_dict() for head, s in classified.attributes.items()},
+        "image": image,
         "batch_size": classified.batch_size,
         "cached": classified.cached,
-        "timing_ms": {
-            "decode": t.decode,
-            "preprocess": t.preprocess,
-            "queue": t.queue,
-            "inference": t.inference,
-            "total": t.total,
-        },
+        "timing_ms": dataclasses.asdict(classified.timing_ms),
     }
 
 
@@ -51,7 +37,3 @@ def batch_item(index: int, filename: str | None, result: ImageResult) -> dict[st
 
 def item_error(error: errors.ImageIQError) -> ItemError:
     return ItemError(status=error.status, code=error.code, message=error.message)
-
-
-def _scored(s: ScoredLabel) -> dict[str, Any]:
-    return {"label": s.label, "score": s.score}

@@ -20,6 +20,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPBearer
 
 from bentos.http import note
+from bentos.state import state
 from imageiq import errors
 from imageiq.backends import Backends
 from imageiq.keys import ANONYMOUS, SCOPES, Principal
@@ -38,7 +39,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         raise ValueError(f"unknown scope {scope!r}")
 
     async def dependency(request: Request, _: object = Security(bearer)) -> Principal:
-        backends: Backends = request.app.state.backends
+        backends = state(request).backends
         settings = backends.settings
         header = request.headers.get("authorization")
         if settings.auth_enabled and not backends.keys.answers_from_memory(header):

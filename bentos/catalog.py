@@ -32,6 +32,7 @@ from bentos.catalog_schemas import (
 )
 from bentos.http import note
 from bentos.schemas import ErrorResponse, ModelRefOut
+from bentos.state import state
 from imageiq import catalog, errors
 from imageiq.backends import Backends
 from imageiq.db.engine import is_transient
@@ -69,13 +70,11 @@ async def _db(backends: Backends, fn: Callable[..., T], *args: Any, **kwargs: An
 
 
 def _backends(request: Request) -> Backends:
-    backends: Backends = request.app.state.backends
-    return backends
+    return state(request).backends
 
 
 def _pool(request: Request) -> ModelPool:
-    pool: ModelPool = request.app.state.pool
-    return pool
+    return state(request).pool
 
 
 @router.get("/images", response_model=ImagePage, responses=_ERRORS, summary="Stored images")

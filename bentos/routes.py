@@ -1,14 +1,13 @@
 """The classification routes of ``/v1``: each maps a request to one call of the core
 (:class:`imageiq.classify.Classification`) and its results to a response body.
 
-What the routes share (settings, model pool, backends, core) is on ``app.state``, put there
-by the service at start-up (:class:`bentos.service.ServiceState`).
+What the routes share (settings, model pool, backends, core) is :class:`bentos.state.ServiceState`,
+built by the service at start-up.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from bentos.answers import batch_item, prediction_fields
 from bentos.auth import require
 from bentos.http import note
-from bentos.inputs import Limits, read_batch, read_classify
+from bentos.inputs import read_batch, read_classify
 from bentos.schemas import (
     BatchJSON,
     BatchResponse,
@@ -28,30 +27,14 @@ from bentos.schemas import (
     ModelOut,
     ModelsResponse,
 )
+from bentos.state import ServiceState, state
 from imageiq import errors
-from imageiq.backends import Backends
-from imageiq.classify import Classification, ImageResult, count_rejected
+from imageiq.classify import ImageResult, count_rejected
 from imageiq.keys import Principal
-from imageiq.pool import ModelPool, ServedModel
-from imageiq.settings import MODEL_TAG, Settings
+from imageiq.pool import ServedModel
+from imageiq.settings import MODEL_TAG
 
 router = APIRouter()
-
-
-@dataclass(frozen=True)
-class ServiceState:
-    """What every request of the service shares, built once at start-up."""
-
-    settings: Settings
-    limits: Limits
-    pool: ModelPool
-    backends: Backends
-    core: Classification
-
-
-def state(request: Request) -> ServiceState:
-    found: ServiceState = request.app.state.imageiq
-    return found
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imageiq.classify import MAX_TOP_K
 from imageiq.settings import MODEL_TAG
 
 _VERSION = "r3vqbbdbrgsuasc6"
@@ -18,7 +19,7 @@ class ClassifyParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    top_k: int = Field(5, ge=1, le=100, description="How many labels to return at most.")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="How many labels to return at most.")
     min_confidence: float = Field(
         0.0, ge=0.0, le=1.0, description="Leave out labels scored below this."
     )

@@ -27,8 +27,8 @@ import imageiq
 from bentos.catalog import router as catalog_router
 from bentos.http import EnvelopeOutsideApi, RequestGuard, install_error_handlers
 from bentos.inputs import Limits
-from bentos.routes import ServiceState
 from bentos.routes import router as classify_router
+from bentos.state import ServiceState
 from imageiq import catalog, errors
 from imageiq.activation import ActivationSync
 from imageiq.backends import Backends, open_database
@@ -123,7 +123,6 @@ def build_service(settings: Settings) -> Any:
             self._activations = ActivationSync(
                 self.pool, self.backends.engine, database=self.backends.database
             )
-            api.state.backends, api.state.pool = self.backends, self.pool
             api.state.imageiq = ServiceState(
                 settings=settings,
                 limits=Limits(

@@ -21,6 +21,7 @@ anything else (a bug, the model failing) raises.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import time
@@ -58,6 +59,8 @@ HASH_INLINE_BYTES = 256 * 1024
 # parallel), go to worker threads.
 INLINE_BYTES = 64 * 1024
 INLINE_PIXELS = 100_000
+# The most labels one answer may list (the API's schema and the settings use it too).
+MAX_TOP_K = 100
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,10 @@ class Classification:
 
     def check(self, *, top_k: int, min_confidence: float, store: bool) -> None:
         """The options, before any image is read: 422 ``invalid_parameter`` if wrong."""
-        if not 1 <= top_k <= 100:
+        if not 1 <= top_k <= MAX_TOP_K:
             raise errors.InvalidParameter(
-                f"top_k must be between 1 and 100, not {top_k}.", details={"field": "top_k"}
+                f"top_k must be between 1 and {MAX_TOP_K}, not {top_k}.",
+                details={"field": "top_k"},
             )
         if not 0.0 <= min_confidence <= 1.0:
             raise errors.InvalidParameter(
@@ -289,11 +293,8 @@ class Classification:
                 model_version=model.model.version,
                 label=best.label,
                 score=best.score,
-                top_k=[{"label": s.label, "score": s.score} for s in inferred.scored],
-                attributes={
-                    head: {"label": s.label, "score": s.score}
-                    for head, s in inferred.attributes.items()
-                },
+                top_k=[s.as_dict() for s in inferred.scored],
+                attributes={head: s.as_dict() for head, s in inferred.attributes.items()},
                 latency_ms=classified.timing_ms.total,
                 cached=classified.cached,
                 api_key_id=principal.key_id,
@@ -429,19 +430,10 @@ def _cacheable(inferred: _Inferred) -> dict[str, Any]:
     """What the cache keeps of a prediction: every top-k label (min_confidence applies when
     it is served), the attributes and the facts about the image. The same layout as
     before the core moved here, so entries already in Redis stay readable."""
-    image = inferred.image
     return {
-        "predictions": [{"label": s.label, "score": s.score} for s in inferred.scored],
-        "attributes": {
-            k: {"label": s.label, "score": s.score} for k, s in inferred.attributes.items()
-        },
-        "image": {
-            "sha256": image.sha256,
-            "width": image.width,
-            "height": image.height,
-            "format": image.format,
-            "bytes": image.bytes,
-        },
+        "predictions": [s.as_dict() for s in inferred.scored],
+        "attributes": {k: s.as_dict() for k, s in inferred.attributes.items()},
+        "image": dataclasses.asdict(inferred.image),
     }
 
 

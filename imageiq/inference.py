@@ -34,6 +34,10 @@ class ScoredLabel:
     label: str
     score: float
 
+    def as_dict(self) -> dict[str, str | float]:
+        """As the API, the cache and the prediction log write it."""
+        return {"label": self.label, "score": self.score}
+
 
 @dataclass(frozen=True)
 class Prediction:

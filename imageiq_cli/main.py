@@ -17,7 +17,7 @@ from rich.table import Column, Table
 
 from imageiq.console import console, err_console
 from imageiq.errors import ImageIQError
-from imageiq.settings import Settings
+from imageiq.settings import Settings, load_settings
 from imageiq_cli.ops import add_commands as add_ops_commands
 from training.commands import cmd_evaluate, cmd_export, cmd_models_compare, cmd_predict
 
@@ -287,12 +287,7 @@ def cmd_parity(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings()
-    except ValidationError as e:
-        for problem in e.errors():
-            name = "IMAGEIQ_" + "_".join(str(p) for p in problem["loc"]).upper()
-            err_console.print(f"[red]error[/] (invalid_setting): {name}: {problem['msg']}")
-        return 2
+        settings = load_settings()  # an invalid value: a ConfigurationError naming it
     except ImageIQError as e:
         err_console.print(f"[red]error[/] ({e.code}): {e.message}")
         return 2

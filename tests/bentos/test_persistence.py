@@ -140,6 +140,12 @@ def test_stats(served: Server, stack: Stack, digits_dir: Path) -> None:
     classify(served, data)
     classify(served, data)
     wait_for(lambda: stack.count(Prediction, Prediction.label == "9") >= 2, what="rows")
+    # Every record accepted so far written (earlier tests' too: the writer batches them for
+    # a flush interval), so the table holds still while the stats are compared with it.
+    wait_for(
+        lambda: served.get("/v1/models").json()["dependencies"]["records_pending"] == 0,
+        what="no record pending",
+    )
     stats = served.get("/v1/stats").json()
     predictions = stats["predictions"]
     assert predictions["total"] == stack.count(Prediction)
