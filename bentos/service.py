@@ -6,6 +6,10 @@ makes one call of the classification core (:class:`imageiq.classify.Classificati
 decode, batching queue, postprocess, storage, records), whose results it shapes into the
 response (:mod:`bentos.answers`).
 
+With ``IMAGEIQ_MODEL_PROCESS`` the service runs ``IMAGEIQ_FRONT_WORKERS`` workers that do all
+of the above but the forward pass, which one model process runs for all of them
+(:mod:`imageiq.model_process`, started by the deployment hook here; docs/architecture.md).
+
 Nothing reads the settings when this module is imported: ``ImageClassifier`` is built by
 :func:`build_service` from :func:`imageiq.settings.load_settings` the first time it is looked
 up (``bentoml serve bentos.service:ImageClassifier``; ``make serve`` does it for you).
@@ -14,12 +18,18 @@ up (``bentoml serve bentos.service:ImageClassifier``; ``make serve`` does it for
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import anyio
 import bentoml
+import torch
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,6 +46,7 @@ from imageiq.classify import Classification
 from imageiq.db.engine import check_migrated, is_transient
 from imageiq.logs import configure_logging
 from imageiq.metrics import metrics
+from imageiq.model_client import ModelProcessClient
 from imageiq.pool import ConfigWatcher, ModelPool
 from imageiq.registry import get_model
 from imageiq.runner import InferenceThread
@@ -97,7 +108,9 @@ def build_service(settings: Settings) -> Any:
 
     @bentoml.service(
         name="imageiq",
-        workers=1,
+        # In-process models: one worker (each would load every model). With the model
+        # process, the workers are the fronts, and scale the CPU side.
+        workers=settings.front_workers if settings.model_process else 1,
         # BentoML's own deadline sits behind RequestGuard's, which answers in the envelope.
         traffic={"timeout": settings.request_timeout_s + 10},
         # RequestGuard writes one `imageiq.access` record per /v1 request (with the request
@@ -110,9 +123,25 @@ def build_service(settings: Settings) -> Any:
 
         def __init__(self) -> None:
             metrics()  # register every metric now, before worker threads race to
-            self.thread = InferenceThread(threads=settings.torch_threads or settings.cpu_count)
+            self.thread: InferenceThread | None = None
+            self.remote: ModelProcessClient | None = None
             # The models load and warm up in the background; /readyz tells when.
-            self.pool = ModelPool(settings, thread=self.thread)
+            if settings.model_process:
+                if settings.model_socket is None:
+                    raise SystemExit(
+                        "imageiq cannot start: IMAGEIQ_MODEL_PROCESS is on but "
+                        "IMAGEIQ_MODEL_SOCKET is unset (`bentoml serve` sets it when it "
+                        "starts the model process)"
+                    )
+                # A front's own torch work is a top-k on a few rows: no thread team.
+                torch.set_num_threads(1)
+                self.remote = ModelProcessClient(
+                    socket_path=settings.model_socket, slots=settings.model_slots
+                )
+                self.pool = ModelPool(settings, remote=self.remote)
+            else:
+                self.thread = InferenceThread(threads=settings.torch_threads or settings.cpu_count)
+                self.pool = ModelPool(settings, thread=self.thread)
             self._watcher = ConfigWatcher(self.pool, load=load_settings)
             self._tasks: set[asyncio.Task[None]] = set()
             try:
@@ -157,8 +186,29 @@ def build_service(settings: Settings) -> Any:
             finally:
                 engine.dispose()
 
+        @bentoml.on_deployment
+        def start_model_process() -> None:
+            """With ``IMAGEIQ_MODEL_PROCESS`` (and no ``IMAGEIQ_MODEL_SOCKET`` of an
+            operator's): the model process, started by this process before the workers,
+            restarted if it exits, ended with it. The workers inherit its socket's path."""
+            if not settings.model_process or settings.model_socket is not None:
+                return
+            from bentoml._internal.configuration.containers import BentoMLContainer
+
+            from imageiq.model_process import supervise
+
+            run_dir = Path(tempfile.mkdtemp(prefix="imageiq-"))  # this user's only (0700)
+            atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
+            socket_path = run_dir / "model.sock"
+            os.environ["IMAGEIQ_MODEL_SOCKET"] = str(socket_path)
+            # Its metrics join the workers' in BentoML's multiprocess directory.
+            directory = os.path.abspath(BentoMLContainer.prometheus_multiproc_dir.get())
+            supervise(socket_path, {"PROMETHEUS_MULTIPROC_DIR": directory})
+
         @bentoml.on_startup
         async def start_watching(self) -> None:
+            if self.remote is not None:
+                self.remote.start()
             self.backends.start()
             loop = asyncio.get_running_loop()
             self._tasks.add(loop.create_task(self._watcher.run()))
@@ -198,7 +248,10 @@ def build_service(settings: Settings) -> Any:
                 task.cancel()
             for served in self.pool.models.values():
                 served.batcher.close()
-            self.thread.close()
+            if self.thread is not None:
+                self.thread.close()
+            if self.remote is not None:
+                await self.remote.close()
             # Last: the records of the requests that just finished are flushed (or spooled).
             await anyio.to_thread.run_sync(self.backends.close)
 

@@ -25,23 +25,15 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from imageiq.errors import Overloaded
-from imageiq.metrics import metrics
-from imageiq.runner import ModelRunner
+from imageiq.runner import BatchOutput, Runner
 
-
-@dataclass(frozen=True)
-class BatchOutput:
-    """One image's share of a batch: its probabilities per head, shape [1, C]."""
-
-    probabilities: dict[str, torch.Tensor]
-    batch_size: int
-    inference_s: float
+__all__ = ["BatchOutput", "Batcher"]
 
 
 @dataclass
@@ -55,7 +47,7 @@ class Batcher:
     """Queues single preprocessed images (uint8 [3, S, S]) for ``runner`` and answers each
     with its own row of the batch. ``max_batch_size=1`` runs every image on its own."""
 
-    def __init__(self, runner: ModelRunner, *, max_batch_size: int, max_latency_ms: int) -> None:
+    def __init__(self, runner: Runner, *, max_batch_size: int, max_latency_ms: int) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_ms / 1000
@@ -99,14 +91,18 @@ class Batcher:
             if not batch:
                 continue
             try:
-                outputs = await self._run_batch([q.image for q in batch])
+                outputs = await self.runner.run_batch([q.image for q in batch])
             except Exception as e:  # the model failed: every image of the batch hears why
                 for q in batch:
                     if not q.answer.done():
                         q.answer.set_exception(e)
                 continue
             for q, out in zip(batch, outputs, strict=True):
-                if not q.answer.done():
+                if q.answer.done():
+                    continue
+                if isinstance(out, Exception):
+                    q.answer.set_exception(out)
+                else:
                     q.answer.set_result(out)
 
     def batch_limit(self) -> int:
@@ -132,18 +128,6 @@ class Batcher:
                 continue
             batch.append(q)
         return batch
-
-    async def _run_batch(self, images: Sequence[torch.Tensor]) -> list[BatchOutput]:
-        started = time.perf_counter()
-        probs = await self.runner.predict_proba(images)
-        elapsed = time.perf_counter() - started
-        n = len(images)
-        m, model = metrics(), self.runner.model
-        m.inference_seconds.labels(model.name, model.version).observe(elapsed)
-        m.batch_size.labels(model.name, model.version).observe(n)
-        return [
-            BatchOutput({h: p[i : i + 1] for h, p in probs.items()}, n, elapsed) for i in range(n)
-        ]
 
     def close(self) -> None:
         """No new images; the queued ones are refused (a retired model has none left)."""

@@ -39,7 +39,7 @@ from imageiq.backends import Backends
 from imageiq.cache import cache_key
 from imageiq.db.engine import is_transient
 from imageiq.images import DecodedImage
-from imageiq.inference import Classifier, ScoredLabel
+from imageiq.inference import ModelIO, ScoredLabel
 from imageiq.keys import Principal
 from imageiq.logs import request_id_var
 from imageiq.metrics import metrics
@@ -118,7 +118,7 @@ class PreparedImage:
 
 
 def prepare_image(
-    classifier: Classifier, data: bytes, *, max_pixels: int, draft: bool
+    classifier: ModelIO, data: bytes, *, max_pixels: int, draft: bool
 ) -> PreparedImage:
     """Untrusted bytes -> what the batching queue takes: decode (with ``draft``, large JPEGs
     at a reduced scale) and prepare (colour, resize, crop). CPU-bound: the core runs it in a
@@ -317,7 +317,7 @@ class Classification:
         if prepared is None:
             prepare = functools.partial(
                 prepare_image,
-                model.runner.classifier,
+                model.runner.io,
                 data,
                 max_pixels=self.settings.max_image_pixels,
                 draft=self.settings.jpeg_draft,
@@ -332,7 +332,7 @@ class Classification:
         queued = time.perf_counter()
         out = await model.batcher(prepared.tensor)
         done = time.perf_counter()
-        prediction = model.runner.classifier.postprocess(out.probabilities, top_k=top_k)[0]
+        prediction = model.runner.io.postprocess(out.probabilities, top_k=top_k)[0]
         m.confidence.labels(*labels).observe(prediction.labels[0].score)
         m.postprocess_seconds.labels(*labels).observe(time.perf_counter() - done)
         return _Inferred(
@@ -362,7 +362,7 @@ class Classification:
         limit = self.settings.max_image_pixels
         try:
             return prepare_image(
-                model.runner.classifier,
+                model.runner.io,
                 data,
                 max_pixels=min(limit, INLINE_PIXELS),
                 draft=self.settings.jpeg_draft,

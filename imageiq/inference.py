@@ -106,7 +106,50 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Classifier:
+class ModelIO:
+    """What a model's images go through around the forward pass: decode, prepare and
+    postprocess, all from its card. A front process (``IMAGEIQ_MODEL_PROCESS``) holds this,
+    not the weights; :class:`Classifier` adds the network."""
+
+    def __init__(self, model: RegisteredModel) -> None:
+        self.model = model
+        self.transform = EvalTransform(model.card.preprocessing)
+        self.labels = model.card.labels
+        self.heads = model.card.heads
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        size = self.model.card.preprocessing.crop_size
+        return (3, size, size)
+
+    def decode(self, data: bytes, *, max_pixels: int, draft: bool = True) -> DecodedImage:
+        """Untrusted bytes -> image; large JPEGs drafted down towards what the model needs
+        (:meth:`EvalTransform.decode`, which training's held-out images go through too)."""
+        return self.transform.decode(data, max_pixels=max_pixels, draft=draft)
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """One decoded image -> uint8 [3, S, S]; cheap enough for a request thread."""
+        return self.transform.to_uint8(image)
+
+    def postprocess(self, probs: dict[str, torch.Tensor], *, top_k: int) -> list[Prediction]:
+        main = probs[MAIN_HEAD]
+        k = max(1, min(top_k, main.shape[1]))
+        scores, indices = main.topk(k, dim=1)
+        out = []
+        for row in range(main.shape[0]):
+            labels = [
+                ScoredLabel(self.labels[i], float(s))
+                for s, i in zip(scores[row].tolist(), indices[row].tolist(), strict=True)
+            ]
+            attributes = {}
+            for head, values in self.heads.items():
+                score, idx = probs[head][row].max(dim=0)
+                attributes[head] = ScoredLabel(values[int(idx)], float(score))
+            out.append(Prediction(labels, attributes))
+        return out
+
+
+class Classifier(ModelIO):
     def __init__(
         self,
         model: RegisteredModel,
@@ -114,13 +157,10 @@ class Classifier:
         device: torch.device,
         options: InferenceOptions | None = None,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.options = options or InferenceOptions()
         self.precision = resolve_precision(self.options.precision, device)
         self.device = device
-        self.transform = EvalTransform(model.card.preprocessing)
-        self.labels = model.card.labels
-        self.heads = model.card.heads
         net = net.eval().to(device)
         if self.options.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -155,20 +195,6 @@ class Classifier:
             )
             return classifier
         return cls(model, net, resolve_device(device), options)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        size = self.model.card.preprocessing.crop_size
-        return (3, size, size)
-
-    def decode(self, data: bytes, *, max_pixels: int, draft: bool = True) -> DecodedImage:
-        """Untrusted bytes -> image; large JPEGs drafted down towards what the model needs
-        (:meth:`EvalTransform.decode`, which training's held-out images go through too)."""
-        return self.transform.decode(data, max_pixels=max_pixels, draft=draft)
-
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        """One decoded image -> uint8 [3, S, S]; cheap enough for a request thread."""
-        return self.transform.to_uint8(image)
 
     @torch.inference_mode()
     def predict_proba(
@@ -267,20 +293,3 @@ class Classifier:
 
     def predict(self, batch: torch.Tensor, *, top_k: int = 5) -> list[Prediction]:
         return self.postprocess(self.predict_proba(batch), top_k=top_k)
-
-    def postprocess(self, probs: dict[str, torch.Tensor], *, top_k: int) -> list[Prediction]:
-        main = probs[MAIN_HEAD]
-        k = max(1, min(top_k, main.shape[1]))
-        scores, indices = main.topk(k, dim=1)
-        out = []
-        for row in range(main.shape[0]):
-            labels = [
-                ScoredLabel(self.labels[i], float(s))
-                for s, i in zip(scores[row].tolist(), indices[row].tolist(), strict=True)
-            ]
-            attributes = {}
-            for head, values in self.heads.items():
-                score, idx = probs[head][row].max(dim=0)
-                attributes[head] = ScoredLabel(values[int(idx)], float(score))
-            out.append(Prediction(labels, attributes))
-        return out

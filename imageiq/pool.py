@@ -28,8 +28,9 @@ from imageiq.batching import Batcher
 from imageiq.errors import ImageIQError, ModelNotFound, ModelNotReady
 from imageiq.inference import InferenceOptions
 from imageiq.metrics import metrics
+from imageiq.model_client import ModelProcessClient, RemoteRunner
 from imageiq.registry import RegisteredModel, get_model
-from imageiq.runner import InferenceThread, ModelRunner
+from imageiq.runner import InferenceThread, ModelRunner, Runner
 from imageiq.settings import RELOADABLE, Settings, normalize_tag
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class ServedModel:
     requested: str  # as configured, e.g. "imageiq-classifier:latest"
     model: RegisteredModel
-    runner: ModelRunner
+    runner: Runner
     batcher: Batcher
     in_flight: int = 0
 
@@ -91,9 +92,21 @@ class _Set:
 
 
 class ModelPool:
-    def __init__(self, settings: Settings, *, thread: InferenceThread) -> None:
+    """The served models, run on ``thread`` in this process, or by the model process that
+    ``remote`` reaches (``IMAGEIQ_MODEL_PROCESS``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        thread: InferenceThread | None = None,
+        remote: ModelProcessClient | None = None,
+    ) -> None:
+        if (thread is None) == (remote is None):
+            raise ValueError("a pool runs its models on a thread or in the model process")
         self.settings = settings
         self._thread = thread
+        self._remote = remote
         self._set = self._build(settings, current={})
         self.reloading = False
         self.last_reload: dict[str, Any] | None = None
@@ -174,6 +187,7 @@ class ModelPool:
         if failed:
             for m in fresh:
                 m.batcher.close()
+                m.runner.close()
             self._record("failed", started, errors=failed)
             log.error(
                 "reload refused, still serving %s: %s",
@@ -199,6 +213,7 @@ class ModelPool:
         while served.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         served.batcher.close()
+        served.runner.close()
         metrics().model_ready.labels(served.model.name, served.model.version).set(0)
         log.info("retired model %s", served.tag)
 
@@ -234,13 +249,23 @@ class ModelPool:
             if model.tag in current:
                 models[model.tag] = aliases[requested] = current[model.tag]
                 continue
-            runner = ModelRunner(
-                model=model,
-                thread=self._thread,
-                device=settings.device,
-                options=options,
-                warmup_batch_size=settings.warmup_batch_size,
-            )
+            runner: Runner
+            if self._remote is not None:
+                runner = RemoteRunner(
+                    model=model,
+                    client=self._remote,
+                    options=options,
+                    warmup_batch_size=settings.warmup_batch_size,
+                )
+            else:
+                assert self._thread is not None
+                runner = ModelRunner(
+                    model=model,
+                    thread=self._thread,
+                    device=settings.device,
+                    options=options,
+                    warmup_batch_size=settings.warmup_batch_size,
+                )
             batcher = Batcher(
                 runner,
                 max_batch_size=settings.max_batch_size,

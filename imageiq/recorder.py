@@ -127,7 +127,8 @@ class Recorder:
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what can be written within ``timeout_s``; spool the rest."""
         self._stop.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():  # never started: nothing written yet, all is spooled
+            self._thread.join(timeout_s)
         with self._writing, self._lock:  # nothing is being written while we snapshot
             held = [*self._uploads, *self._rows, *self._drain(None)]
             left = [r for r in held if self._keep(r)]

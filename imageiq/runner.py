@@ -14,20 +14,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Literal, TypeVar
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
 
-from imageiq.inference import Classifier, InferenceOptions
+from imageiq.inference import Classifier, InferenceOptions, ModelIO
+from imageiq.metrics import metrics
 from imageiq.registry import RegisteredModel
 
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "failed"]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """One image's share of a batch: its probabilities per head, shape [1, C]."""
+
+    probabilities: dict[str, torch.Tensor]
+    batch_size: int
+    inference_s: float
+
+
+class Runner(Protocol):
+    """Runs one model's batches: :class:`ModelRunner` in this process, or
+    :class:`imageiq.model_client.RemoteRunner` in the model process
+    (``IMAGEIQ_MODEL_PROCESS``). The batching queue and the pool see only this."""
+
+    model: RegisteredModel
+    tag: str
+    state: State
+    error: str | None
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def io(self) -> ModelIO: ...
+
+    def wait(self, timeout: float | None = None) -> State: ...
+
+    async def loaded(self) -> State: ...
+
+    async def run_batch(self, images: Sequence[torch.Tensor]) -> list[BatchOutput | Exception]:
+        """One output per image, in order: its own row, or why it failed."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class InferenceThread:
@@ -84,6 +123,13 @@ class ModelRunner:
             raise RuntimeError(f"model {self.tag} is {self.state}")
         return self._classifier
 
+    @property
+    def io(self) -> ModelIO:
+        return self.classifier
+
+    def close(self) -> None:
+        """Nothing to hand back: the weights go with the last reference."""
+
     def wait(self, timeout: float | None = None) -> State:
         self._loaded.result(timeout)
         return self.state
@@ -98,6 +144,20 @@ class ModelRunner:
         """A batch, or the images to stack into one: the copy runs on the inference thread
         too, not on the event loop's (see module docstring)."""
         return await self._thread.run(self._predict, batch)
+
+    async def run_batch(self, images: Sequence[torch.Tensor]) -> list[BatchOutput | Exception]:
+        """The images as one batch, each answered with its own row; the batch's time and
+        size go to the metrics (once per batch, in the process that runs it)."""
+        started = time.perf_counter()
+        probs = await self.predict_proba(images)
+        elapsed = time.perf_counter() - started
+        n = len(images)
+        m = metrics()
+        m.inference_seconds.labels(self.model.name, self.model.version).observe(elapsed)
+        m.batch_size.labels(self.model.name, self.model.version).observe(n)
+        return [
+            BatchOutput({h: p[i : i + 1] for h, p in probs.items()}, n, elapsed) for i in range(n)
+        ]
 
     def _predict(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         if not isinstance(batch, torch.Tensor):

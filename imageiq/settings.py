@@ -78,6 +78,21 @@ class Settings(BaseSettings):
     # a warning, where compilation fails (e.g. no C++ compiler).
     compile: bool = True
 
+    # Process layout. Off (the default on CPU nodes): one process decodes and runs the
+    # models. On (the GPU values' default): `front_workers` processes serve HTTP, auth,
+    # decode and preprocessing, and hand the prepared images, through shared memory, to one
+    # model process for the device, which loads, warms up and batches every model across
+    # all of them (docs/architecture.md). `model_slots`: images one front may have in
+    # shared memory at once (each slot holds one image of the largest served input; a
+    # front with none free sends the image over the socket instead).
+    # `model_socket`: the model process's Unix socket. Unset, `bentoml serve` starts the
+    # model process itself at a path of its own; set, the fronts connect to one started
+    # separately (`python -m imageiq.model_process`, e.g. a container of its own).
+    model_process: bool = False
+    front_workers: int = Field(1, ge=1, le=256)
+    model_slots: int = Field(64, ge=1, le=4096)
+    model_socket: Path | None = None
+
     # Adaptive batching (continuous batching, one queue per model: an idle model runs a
     # request at once, a busy one batches what queued meanwhile): the largest batch it may
     # form (1 turns batching off), and the time a queued image may wait for its batch before
