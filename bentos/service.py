@@ -116,6 +116,9 @@ def build_service(settings: Settings) -> Any:
         # RequestGuard writes one `imageiq.access` record per /v1 request (with the request
         # id, key, model and error code); BentoML's own access line would be a poorer one.
         logging={"access": {"enabled": False}},
+        # Without IMAGEIQ_TRACE_REQUESTS no URL is traced: creating the (unsampled) spans
+        # and their attributes cost 0.6 core-ms per request.
+        tracing={} if settings.trace_requests else {"excluded_urls": [".*"]},
     )
     @bentoml.asgi_app(api, path="/v1")
     class ImageClassifier:

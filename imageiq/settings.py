@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     model_slots: int = Field(64, ge=1, le=4096)
     model_socket: Path | None = None
 
+    # BentoML's OpenTelemetry spans (its tracing middleware) for every request. Off: the
+    # middleware lets requests through untouched, which saves 0.6 core-ms per request
+    # (docs/performance.md, "The request path"); turn it on with a tracing exporter in
+    # BentoML's configuration (`tracing.exporter_type`).
+    trace_requests: bool = False
+
     # Adaptive batching (continuous batching, one queue per model: an idle model runs a
     # request at once, a busy one batches what queued meanwhile): the largest batch it may
     # form (1 turns batching off), and the time a queued image may wait for its batch before

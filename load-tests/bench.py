@@ -37,6 +37,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,7 +58,7 @@ import aiohttp  # noqa: E402
 import bench_report  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from local_server import LocalServer, serving  # noqa: E402
+from local_server import LocalServer, serving, tree_cpu_seconds  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imageiq.inference import Classifier, InferenceOptions, resolve_precision  # noqa: E402
@@ -436,6 +437,133 @@ def frontend_capacity(model: RegisteredModel, *, seconds: float, workdir: Path) 
             phase.result = sample.summary()
             print(f"  front end {phase}", file=sys.stderr)
     return {"front_processes": 1, "phases": [asdict(p) for p in phases]}
+
+
+# The front processes' scaling: IMAGEIQ_MODEL_PROCESS with 1 and 2 fronts (and the
+# single-process layout beside them), the forward pass skipped in the model process, loaded by
+# wrk: a C load generator, so the Python client does not take the core the second front needs.
+FRONT_PROCESSES = (1, 2)
+FRONT_CLIENTS = 32
+_WRK_SCRIPT = """
+wrk.method = "POST"
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. os.getenv("BENCH_BOUNDARY")
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH {\\"requests\\": %d, \\"us\\": %d, \\"errors\\": %d, \\"non2xx\\": %d, "
+    .. "\\"p50_us\\": %d, \\"p99_us\\": %d}\\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk(url: str, key: str, body: Path, *, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` connections posting ``body`` (one multipart JPEG) to /v1/classify for
+    ``seconds``, from one wrk thread: requests/s, p50/p99 and the failures."""
+    script = body.with_suffix(".lua")
+    script.write_text(_WRK_SCRIPT)
+    out = subprocess.run(
+        [
+            *("wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s"),
+            *("--timeout", "30s", "-s", str(script), f"{url}/v1/classify"),
+        ],
+        env={
+            **os.environ,
+            "BENCH_BODY": str(body),
+            "BENCH_BOUNDARY": BOUNDARY,
+            "BENCH_KEY": key,
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("BENCH "))
+    r = json.loads(line.removeprefix("BENCH "))
+    return {
+        "requests": r["requests"],
+        "req_per_s": round(r["requests"] / (r["us"] / 1e6), 1),
+        "p50_ms": round(r["p50_us"] / 1000, 2),
+        "p99_ms": round(r["p99_us"] / 1000, 2),
+        "failed": r["errors"] + r["non2xx"],
+    }
+
+
+BOUNDARY = "imageiq-bench-boundary"
+
+
+def multipart(image: bytes) -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def front_scaling(model: RegisteredModel, *, seconds: float, workdir: Path) -> dict[str, Any]:
+    """Requests/s the front processes deliver to the model process, forward skipped, with
+    1 and 2 fronts, and the single-process layout for comparison; the server's CPU per
+    request from its process tree (the model process included). The cache is off, so
+    every request is hashed, decoded, prepared and handed over."""
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (Debian package `wrk`)"}
+    body = Path(tempfile.mkdtemp(prefix="wrk-", dir=workdir)) / "body.bin"
+    body.write_bytes(multipart(jpeg(photo(224, 224))))
+    layouts: list[tuple[str, int]] = [("single process", 0)] + [
+        (f"{n} front{'s' if n > 1 else ''} + model process", n) for n in FRONT_PROCESSES
+    ]
+    rows = []
+    for name, fronts in layouts:
+        env, data_dir, key = server_state(
+            model, workdir, IMAGEIQ_COMPILE="false", IMAGEIQ_CACHE_TTL_S="0"
+        )
+        with contextlib.ExitStack() as stack:
+            extra: list[int] = []
+            if fronts:
+                socket_path = data_dir / "model.sock"
+                log = stack.enter_context((data_dir / "model-process.log").open("wb"))
+                proc = subprocess.Popen(
+                    [
+                        *(sys.executable, str(ROOT / "load-tests" / "frontend_model_process.py")),
+                        *("--socket", str(socket_path)),
+                    ],
+                    cwd=ROOT / "load-tests",
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                stack.callback(proc.wait)
+                stack.callback(proc.terminate)
+                extra.append(proc.pid)
+                env = {
+                    **env,
+                    "IMAGEIQ_MODEL_PROCESS": "true",
+                    "IMAGEIQ_MODEL_SOCKET": str(socket_path),
+                    "IMAGEIQ_FRONT_WORKERS": str(fronts),
+                }
+            server = stack.enter_context(
+                serving(
+                    env,
+                    data_dir / "server.log",
+                    service="frontend_service:ImageClassifier",
+                    working_dir=ROOT / "load-tests",
+                )
+            )
+
+            pids = [server.pid, *extra]
+            wrk(server.url, key, body, clients=FRONT_CLIENTS, seconds=2)  # warm-up
+            cpu_before = sum(map(tree_cpu_seconds, pids))
+            result = wrk(server.url, key, body, clients=FRONT_CLIENTS, seconds=seconds)
+            cpu_s = sum(map(tree_cpu_seconds, pids)) - cpu_before
+        result["server_core_ms_per_request"] = round(1000 * cpu_s / max(1, result["requests"]), 2)
+        rows.append({"layout": name, "front_processes": fronts or 1, **result})
+        print(f"  front scaling {name}: {result}", file=sys.stderr)
+    by = {r["layout"]: r for r in rows if "model process" in r["layout"]}
+    one, two = (by[n]["req_per_s"] for n in list(by)[:2])
+    return {"clients": FRONT_CLIENTS, "rows": rows, "two_vs_one": round(two / one, 2)}
 
 
 def paired(schedule: list[tuple[bool, Phase]]) -> list[list[tuple[bool, Phase]]]:

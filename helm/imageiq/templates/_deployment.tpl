@@ -153,6 +153,10 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $values.tmpVolume.sizeLimit }}
+        - name: shm
+          emptyDir:
+            medium: Memory
+            sizeLimit: {{ $values.shmVolume.sizeLimit }}
       {{- with $values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
@@ -183,14 +187,17 @@ spec:
 {{- end }}
 
 {{/*
-Writable paths under the read-only root filesystem: the data dir (SQLite, images, spool) and
-/tmp (BentoML's sockets and BENTOML_HOME, torch's caches).
+Writable paths under the read-only root filesystem: the data dir (SQLite, images, spool),
+/tmp (BentoML's sockets and BENTOML_HOME, torch's caches, the model process's socket) and
+/dev/shm (the front workers' shared-memory slots, with config.modelProcess).
 */}}
 {{- define "imageiq.volumeMounts" -}}
 - name: data
   mountPath: {{ .Values.dataVolume.mountPath }}
 - name: tmp
   mountPath: /tmp
+- name: shm
+  mountPath: /dev/shm
 {{- end }}
 
 {{/*
