@@ -498,9 +498,13 @@ BOUNDARY = "imageiq-bench-boundary"
 
 def multipart(image: bytes) -> bytes:
     return (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def front_scaling(model: RegisteredModel, *, seconds: float, workdir: Path) -> dict[str, Any]:
@@ -564,6 +568,48 @@ def front_scaling(model: RegisteredModel, *, seconds: float, workdir: Path) -> d
     by = {r["layout"]: r for r in rows if "model process" in r["layout"]}
     one, two = (by[n]["req_per_s"] for n in list(by)[:2])
     return {"clients": FRONT_CLIENTS, "rows": rows, "two_vs_one": round(two / one, 2)}
+
+
+LAYOUTS = {
+    "single process": {},
+    "2 fronts + model process": {"IMAGEIQ_MODEL_PROCESS": "true", "IMAGEIQ_FRONT_WORKERS": "2"},
+}
+LAYOUT_CONCURRENCY = (1, 16)
+
+
+def layout_comparison(
+    model: RegisteredModel, *, seconds: float, workdir: Path
+) -> dict[str, list[dict[str, Any]]]:
+    """The model served (forward pass and all) in each process layout, both servers up at
+    once and their phases taking turns in stretches (A B B A ...), c=1 and c=16: which
+    layout is faster on this machine (the CPU default follows it)."""
+    with contextlib.ExitStack() as servers:
+        loads: dict[str, Load] = {}
+        for name, settings in LAYOUTS.items():
+            env, data_dir, key = server_state(model, workdir, **settings)
+            server = servers.enter_context(serving(env, data_dir / "server.log"))
+            loads[name] = Load(server, key, small=jpeg(photo(224, 224)), large=b"")
+        out: dict[str, list[dict[str, Any]]] = {name: [] for name in LAYOUTS}
+        for c in LAYOUT_CONCURRENCY:
+            samples = {name: Sample() for name in LAYOUTS}
+            names = list(LAYOUTS)
+            order = [n for i in range(SLICES) for n in (names if i % 4 in (0, 3) else names[::-1])]
+            phase = Phase(f"c={c}", c)
+            for name in order:
+                samples[name].extend(
+                    asyncio.run(
+                        loads[name].run(
+                            phase,
+                            seconds=seconds / SLICES,
+                            warmup=min(2.0, seconds / 4) / SLICES,
+                        )
+                    )
+                )
+            for name in LAYOUTS:
+                result = samples[name].summary()
+                out[name].append({"name": phase.name, "result": result})
+                print(f"  layout {name} {phase.name}: {result['img_s']} img/s", file=sys.stderr)
+    return out
 
 
 def paired(schedule: list[tuple[bool, Phase]]) -> list[list[tuple[bool, Phase]]]:
@@ -698,6 +744,12 @@ def main() -> None:
             results["ceiling"][name] = ceiling.result()
             if name == "resnet50":
                 results["frontend"] = frontend_capacity(
+                    model, seconds=args.seconds, workdir=Path(tmp)
+                )
+                results["front_scaling"] = front_scaling(
+                    model, seconds=args.seconds, workdir=Path(tmp)
+                )
+                results["layouts"] = layout_comparison(
                     model, seconds=args.seconds, workdir=Path(tmp)
                 )
             for batching, measured in phases.items():
