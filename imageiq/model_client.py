@@ -241,8 +241,13 @@ class ModelProcessClient:
         rid = next(self._ids)
         answer: asyncio.Future[list[Answer]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (answer, used)
-        writer.write(encode(("run", rid, tag, wire)))
-        await writer.drain()
+        try:
+            writer.write(encode(("run", rid, tag, wire)))
+            await writer.drain()
+        except (ConnectionError, OSError) as e:  # the reader notices too, and reconnects
+            if self._pending.pop(rid, None) is not None:
+                self._free.extend(used)
+            raise errors.ModelNotReady("The model process is restarting; retry shortly.") from e
         return [_output(a) for a in await answer]
 
     async def close(self) -> None:

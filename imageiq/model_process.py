@@ -157,10 +157,10 @@ class ModelHost:
         try:
             hosted = self.acquire(tag, options, warmup_batch_size, holder)
         except errors.ImageIQError as e:
-            writer.write(encode(("loaded", rid, "failed", e.message)))
+            await _reply(writer, ("loaded", rid, "failed", e.message))
             return
         state = await hosted.runner.loaded()
-        writer.write(encode(("loaded", rid, state, hosted.runner.error)))
+        await _reply(writer, ("loaded", rid, state, hosted.runner.error))
 
     async def _run(
         self,
@@ -181,8 +181,7 @@ class ModelHost:
                 *(hosted.batcher(t) for t in tensors), return_exceptions=True
             )
             answers = [_answer(out) for out in outputs]
-        writer.write(encode(("ran", rid, answers)))
-        await writer.drain()
+        await _reply(writer, ("ran", rid, answers))
 
     async def close(self) -> None:
         """Hangs up on every front (each connection's handler ends on its own), then stops
@@ -223,6 +222,17 @@ class _Slots:
             self.memory.close()
 
 
+async def _reply(writer: asyncio.StreamWriter, message: tuple[Any, ...]) -> None:
+    """Answers a front; one that has gone away gets nothing (its handler is ending)."""
+    if writer.is_closing():
+        return
+    try:
+        writer.write(encode(message))
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+
+
 def _tensor(image: Image, slots: _Slots | None) -> torch.Tensor:
     if image.data is not None:
         return torch.frombuffer(bytearray(image.data), dtype=torch.uint8).view(image.shape)
@@ -249,8 +259,11 @@ async def serve(settings: Settings, socket_path: Path) -> None:
     socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
-    server = await asyncio.start_unix_server(host.serve, path=str(socket_path))
-    os.chmod(socket_path, 0o600)
+    umask = os.umask(0o177)  # the socket is this user's from the start: 0600
+    try:
+        server = await asyncio.start_unix_server(host.serve, path=str(socket_path))
+    finally:
+        os.umask(umask)
     log.info("model process %d listening on %s", os.getpid(), socket_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -136,7 +136,8 @@ def test_a_front_classifies_through_the_model_process_as_in_process(
     for 6 images, some travel on the socket instead, with the same answers."""
     images = [jpeg(i) for i in range(6)]
 
-    async def scenario(pool: ModelPool, core: Classification, _: Path) -> None:
+    async def scenario(pool: ModelPool, core: Classification, socket_path: Path) -> None:
+        assert socket_path.stat().st_mode & 0o777 == 0o600  # only this user may connect
         served = pool.resolve(None)
         mixed = [images[0], b"not an image", images[1]]
         results = await core.classify(served, mixed, top_k=3, principal=PRINCIPAL)
