@@ -1,7 +1,9 @@
 """The models a service process serves side by side, and switching them without a restart.
 
-Each configured tag resolves to a registered version with its own :class:`ModelRunner` and
-adaptive-batching queue; all of them share one :class:`InferenceThread`. A reload (the
+Each configured tag resolves to a registered version with its own runner and
+adaptive-batching queue: a :class:`ModelRunner`, all of them sharing one
+:class:`InferenceThread`, or with ``IMAGEIQ_MODEL_PROCESS`` a :class:`RemoteRunner` whose
+model the model process loads and runs (the retired versions released there). A reload (the
 config file changed) loads and warms the new set in the background while the current one
 keeps serving, then swaps both the set and the active model at once; a model no longer
 served is retired after its in-flight requests finish. A set that fails to resolve or load
