@@ -92,18 +92,23 @@ def run_front(
     scenario: Callable[[ModelPool, Classification, Path], Awaitable[None]],
     *,
     slots: int = 8,
+    ready: bool = True,
+    **model_process_env: str,
 ) -> str:
-    """Runs ``scenario`` on a front connected to a model process; returns its log."""
+    """Runs ``scenario`` on a front connected to a model process (started with
+    ``model_process_env``), once its models are ready unless ``ready`` is False; returns the
+    model process's log."""
     socket_path = tmp_path / "run" / "model.sock"
     log = tmp_path / "model-process.log"
-    proc = start_model_process(socket_path, log)
+    proc = start_model_process(socket_path, log, **model_process_env)
 
     async def main() -> None:
         _, client, pool, backends, core = front(models, tmp_path / "data", socket_path, slots=slots)
         backends.start()
         client.start()
         try:
-            await until(lambda: pool.ready)
+            if ready:
+                await until(lambda: pool.ready)
             await scenario(pool, core, socket_path)
         finally:
             await client.close()
@@ -214,29 +219,17 @@ def test_a_model_the_model_process_cannot_load_fails_with_the_reason(
 ) -> None:
     """A model process told to use a GPU that is not there: the front's model is failed,
     with the model process's reason, in /v1/models and in the 503 a request gets."""
-    socket_path = tmp_path / "model.sock"
-    proc = start_model_process(socket_path, tmp_path / "model-process.log", IMAGEIQ_DEVICE="cuda")
 
-    async def main() -> None:
-        _, client, pool, backends, _core = front(
-            [digits_model.tag], tmp_path / "data", socket_path, slots=2
-        )
-        client.start()
-        try:
-            served = next(iter(pool.models.values()))
-            assert await served.runner.loaded() == "failed"
-            assert "no CUDA GPU is visible" in (served.runner.error or "")
-            assert not pool.ready
-            with pytest.raises(errors.ModelNotReady, match="no CUDA GPU"):
-                pool.resolve(None)
-            # A batch for a model the process does not hold: each image refused, none lost.
-            out = await client.run(served.tag, [torch.zeros((3, 16, 16), dtype=torch.uint8)])
-            assert len(out) == 1 and isinstance(out[0], errors.ModelNotReady)
-        finally:
-            await client.close()
-            backends.close()
+    async def scenario(pool: ModelPool, _core: Classification, _: Path) -> None:
+        served = next(iter(pool.models.values()))
+        assert await served.runner.loaded() == "failed"
+        assert "no CUDA GPU is visible" in (served.runner.error or "")
+        assert not pool.ready
+        with pytest.raises(errors.ModelNotReady, match="no CUDA GPU"):
+            pool.resolve(None)
+        # A batch for a model the process does not hold: each image refused, none lost.
+        client = served.runner._client  # type: ignore[attr-defined]
+        out = await client.run(served.tag, [torch.zeros((3, 16, 16), dtype=torch.uint8)])
+        assert len(out) == 1 and isinstance(out[0], errors.ModelNotReady)
 
-    try:
-        asyncio.run(main())
-    finally:
-        stop(proc)
+    run_front([digits_model.tag], tmp_path, scenario, ready=False, IMAGEIQ_DEVICE="cuda")
