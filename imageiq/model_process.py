@@ -156,8 +156,9 @@ class ModelHost:
     ) -> None:
         try:
             hosted = self.acquire(tag, options, warmup_batch_size, holder)
-        except errors.ImageIQError as e:
-            await _reply(writer, ("loaded", rid, "failed", e.message))
+        except Exception as e:  # not in the store, unreadable: the front shows why
+            reason = e.message if isinstance(e, errors.ImageIQError) else f"{type(e).__name__}: {e}"
+            await _reply(writer, ("loaded", rid, "failed", reason))
             return
         state = await hosted.runner.loaded()
         await _reply(writer, ("loaded", rid, state, hosted.runner.error))
@@ -176,11 +177,16 @@ class ModelHost:
                 Answer(None, error_code="model_not_ready", error=f"Model {tag} is not loaded.")
             ] * len(images)
         else:
-            tensors = [_tensor(image, slots) for image in images]
-            outputs = await asyncio.gather(
-                *(hosted.batcher(t) for t in tensors), return_exceptions=True
-            )
-            answers = [_answer(out) for out in outputs]
+            # The front always hears back, so its batch never waits forever.
+            try:
+                tensors = [_tensor(image, slots) for image in images]
+            except (ConnectionError, ValueError, RuntimeError) as e:  # a malformed message
+                answers = [_answer(e)] * len(images)
+            else:
+                outputs = await asyncio.gather(
+                    *(hosted.batcher(t) for t in tensors), return_exceptions=True
+                )
+                answers = [_answer(out) for out in outputs]
         await _reply(writer, ("ran", rid, answers))
 
     async def close(self) -> None:

@@ -233,3 +233,48 @@ def test_a_model_the_model_process_cannot_load_fails_with_the_reason(
         assert len(out) == 1 and isinstance(out[0], errors.ModelNotReady)
 
     run_front([digits_model.tag], tmp_path, scenario, ready=False, IMAGEIQ_DEVICE="cuda")
+
+
+def test_a_malformed_batch_is_answered_with_an_error_not_left_waiting(
+    digits_model: RegisteredModel, tmp_path: Path
+) -> None:
+    """A batch naming a slot the front does not have: the model process answers each image
+    with an error (the front's request fails instead of waiting forever) and keeps the
+    connection and the model."""
+    from multiprocessing import shared_memory
+
+    from imageiq.inference import InferenceOptions
+    from imageiq.model_wire import Image, encode, receive
+
+    socket_path = tmp_path / "model.sock"
+    proc = start_model_process(socket_path, tmp_path / "model-process.log")
+    memory = shared_memory.SharedMemory(create=True, size=3 * 16 * 16)
+
+    async def main() -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(socket_path))
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        writer.write(encode(("hello", memory.name, 3 * 16 * 16, 1)))
+        writer.write(encode(("load", 1, digits_model.tag, InferenceOptions(), 1)))
+        assert (await receive(reader))[:3] == ("loaded", 1, "ready")
+        bad = [Image((3, 16, 16), slot=7), Image((3, 16, 16), slot=0)]
+        writer.write(encode(("run", 2, digits_model.tag, bad)))
+        kind, rid, answers = await asyncio.wait_for(receive(reader), 30)
+        assert (kind, rid) == ("ran", 2)
+        assert [a.error_code for a in answers] == ["failed", "failed"]
+        writer.write(encode(("run", 3, digits_model.tag, [Image((3, 16, 16), slot=0)])))
+        kind, rid, answers = await asyncio.wait_for(receive(reader), 30)
+        assert rid == 3 and answers[0].probabilities is not None  # still serving
+        writer.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop(proc)
+        memory.close()
+        memory.unlink()
