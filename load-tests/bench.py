@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml-bench"))
@@ -402,13 +402,7 @@ def serve(
             slices = len(order) // len(step)
             for batching, phase in order:
                 samples[batching].extend(
-                    asyncio.run(
-                        loads[batching].run(
-                            phase,
-                            seconds=seconds / slices,
-                            warmup=min(2.0, seconds / 4) / slices,
-                        )
-                    )
+                    run_stretch(loads[batching], phase, seconds=seconds, slices=slices)
                 )
             for batching, phase in step:
                 phase.result = samples[batching].summary()
@@ -592,18 +586,10 @@ def layout_comparison(
         out: dict[str, list[dict[str, Any]]] = {name: [] for name in LAYOUTS}
         for c in LAYOUT_CONCURRENCY:
             samples = {name: Sample() for name in LAYOUTS}
-            names = list(LAYOUTS)
-            order = [n for i in range(SLICES) for n in (names if i % 4 in (0, 3) else names[::-1])]
             phase = Phase(f"c={c}", c)
-            for name in order:
+            for name in abba(list(LAYOUTS)):
                 samples[name].extend(
-                    asyncio.run(
-                        loads[name].run(
-                            phase,
-                            seconds=seconds / SLICES,
-                            warmup=min(2.0, seconds / 4) / SLICES,
-                        )
-                    )
+                    run_stretch(loads[name], phase, seconds=seconds, slices=SLICES)
                 )
             for name in LAYOUTS:
                 result = samples[name].summary()
@@ -633,7 +619,22 @@ def stretches(step: list[tuple[bool, Phase]]) -> list[tuple[bool, Phase]]:
     server's c=64 still comes right before its c=1 after c=64 (see interleave)."""
     if len(step) == 1:
         return list(step)
-    return [entry for i in range(SLICES) for entry in (step if i % 4 in (0, 3) else step[::-1])]
+    return abba(step)
+
+
+T = TypeVar("T")
+
+
+def abba(items: list[T]) -> list[T]:
+    """``items`` in SLICES stretches each, in the order A B, B A, B A, A B (see stretches)."""
+    return [item for i in range(SLICES) for item in (items if i % 4 in (0, 3) else items[::-1])]
+
+
+def run_stretch(load: Load, phase: Phase, *, seconds: float, slices: int) -> Sample:
+    """One of a phase's ``slices`` stretches: its share of ``seconds`` and of the warm-up."""
+    return asyncio.run(
+        load.run(phase, seconds=seconds / slices, warmup=min(2.0, seconds / 4) / slices)
+    )
 
 
 def model_schedule(name: str) -> dict[bool, list[Phase]]:
