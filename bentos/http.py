@@ -7,12 +7,12 @@ or a bug (500, logged with its traceback; the client sees only the request id).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from imageiq import errors
 from imageiq.logs import request_id_var
 from imageiq.metrics import metrics
+from imageiq.settings import Settings
 
 log = logging.getLogger("imageiq.http")
 access_log = logging.getLogger("imageiq.access")
@@ -35,6 +36,18 @@ ERROR_CODE_HEADER = "X-Error-Code"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Per-request facts the endpoints note for the access log and metrics (model, batch sizes).
 NOTES_KEY = "imageiq.notes"
+
+
+_ENVELOPE = 64 * 1024  # multipart boundaries, form fields, JSON keys
+
+
+def body_limit(settings: Settings, path: str) -> int:
+    """The largest body a path accepts: RequestGuard refuses more with 413."""
+    if path.endswith("/classify/batch"):
+        return settings.max_batch_request_bytes
+    if path.endswith("/classify"):  # base64 in JSON is 4/3 of the file
+        return settings.max_image_bytes * 4 // 3 + _ENVELOPE
+    return _ENVELOPE
 
 
 def note(scope: Scope, **facts: Any) -> None:
@@ -125,18 +138,11 @@ class RequestGuard:
     Each request ends with one ``imageiq.access`` log record and its metrics.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        max_body_bytes: Callable[[str], int],
-        max_in_flight: int,
-        timeout_s: float,
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_in_flight = max_in_flight
-        self.timeout_s = timeout_s
+        self.max_body_bytes = functools.partial(body_limit, settings)
+        self.max_in_flight = settings.max_in_flight
+        self.timeout_s = settings.request_timeout_s
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -54,20 +54,9 @@ from imageiq.settings import Settings, load_settings
 
 log = logging.getLogger("imageiq.service")
 
-_ENVELOPE = 64 * 1024  # multipart boundaries, form fields, JSON keys
-
-
-def body_limit(settings: Settings, path: str) -> int:
-    """The largest body a path accepts: RequestGuard refuses more with 413."""
-    if path.endswith("/classify/batch"):
-        return settings.max_batch_request_bytes
-    if path.endswith("/classify"):  # base64 in JSON is 4/3 of the file
-        return settings.max_image_bytes * 4 // 3 + _ENVELOPE
-    return _ENVELOPE
-
-
 def build_api(settings: Settings) -> FastAPI:
     """The public API (mounted at ``/v1``): the routes, the guard and the error envelope."""
+    docs = settings.docs_enabled
     api = FastAPI(
         title="ImageIQ",
         version=imageiq.__version__,
@@ -75,13 +64,11 @@ def build_api(settings: Settings) -> FastAPI:
             "Image classification. Send images as multipart/form-data files or base64 in JSON. "
             'Every error is `{"error": {code, message, request_id}}` with a stable `code`.'
         ),
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
-    api.add_middleware(
-        RequestGuard,
-        max_body_bytes=functools.partial(body_limit, settings),
-        max_in_flight=settings.max_in_flight,
-        timeout_s=settings.request_timeout_s,
-    )
+    api.add_middleware(RequestGuard, settings=settings)
     api.include_router(classify_router)
     api.include_router(catalog_router)
     install_error_handlers(api)  # after the routes, so its catch-all route comes last

@@ -110,6 +110,29 @@ class Settings(BaseSettings):
     request_timeout_s: int = Field(60, ge=1, le=3600)
     # Requests in progress at once on /v1; more are refused with 503 "overloaded".
     max_in_flight: int = Field(64, ge=1, le=100_000)
+
+    # Admission by cost (docs/operations.md, "Limits"). Every budget is per worker process.
+    # `memory_limit_bytes`: the memory this process may use; unset, the container's
+    # cgroup limit (or the machine's memory), divided among the front workers. The two
+    # budgets below are sized from it when unset: request bytes in flight (a body counts
+    # from its Content-Length, or as it streams, times what parsing it costs: 3x for JSON
+    # base64, 2x for multipart), and decoded pixels in flight (each RGB pixel costs about
+    # 16 bytes across decode, resize and the tensor). Past either budget a request gets
+    # 503 "overloaded" with Retry-After; one that alone exceeds it, 413.
+    memory_limit_bytes: int | None = Field(None, ge=64 * MiB)
+    max_in_flight_bytes: int | None = Field(None, ge=1024)
+    max_in_flight_pixels: int | None = Field(None, ge=1)
+    # Requests of one API key in progress at once on one worker; more get 429.
+    max_in_flight_per_key: int = Field(16, ge=1, le=100_000)
+    # Seconds a request may take to send its whole body; a slower (or stalled) one gets
+    # 408 "body_timeout" and its connection is closed.
+    body_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    # Key checks waiting on the database at once (requests not yet authenticated); more
+    # get 503 at once. Failed authentications per client address and minute, with a burst,
+    # before that address gets 429 "auth_throttled" without its key being checked.
+    max_unauthenticated: int = Field(32, ge=1, le=100_000)
+    auth_failures_per_minute: int = Field(30, ge=1, le=1_000_000)
+    auth_failures_burst: int = Field(10, ge=1, le=1_000_000)
     # Images decoded and preprocessed at once (each can take hundreds of MB at the pixel
     # limit); unset means one per available core. Others wait their turn.
     decode_concurrency: int | None = Field(None, ge=1, le=256)
@@ -123,7 +146,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, ge=1)
     # Images in one /v1/classify/batch request, and that request's whole body.
     max_batch_images: int = Field(32, ge=1, le=1024)
-    max_batch_request_bytes: int = Field(128 * MiB, ge=1024)
+    max_batch_request_bytes: int = Field(32 * MiB, ge=1024)
 
     # Predictions returned when the request does not say.
     default_top_k: int = Field(5, ge=1, le=100)
@@ -163,6 +186,10 @@ class Settings(BaseSettings):
     # When uploaded images are kept: when the request says store=true, on every request, or
     # never (store=true is then refused with 422).
     store_images: Literal["request", "always", "never"] = "request"
+    # Stored images lose their EXIF (GPS position, camera serial, ...), XMP, IPTC and text
+    # metadata, losslessly (the pixels are untouched, and the id stays the sha256 of the
+    # bytes the client sent) unless this is on (docs/operations.md, "Privacy").
+    keep_image_metadata: bool = False
 
     # API keys: every /v1 endpoint needs `Authorization: Bearer <key>`. Off is for a local
     # demo only and is logged loudly at start-up.
@@ -173,6 +200,11 @@ class Settings(BaseSettings):
     # How long a replica trusts a key it checked before asking the database again: a key
     # revoked elsewhere stops working within this many seconds (at once on this replica).
     auth_cache_ttl_s: float = Field(10.0, ge=0.0, le=3600.0)
+    # While the database is down, a cached key past its TTL still classifies for this many
+    # seconds more (0: refused like the others); the label and admin scopes are refused
+    # with 503 as soon as the TTL has passed (fail closed). The trade-off: a key revoked
+    # just before an outage may classify for up to auth_cache_ttl_s + this.
+    auth_stale_grace_s: float = Field(300.0, ge=0.0, le=86_400.0)
     # The key the CLI's client commands (`imageiq parity`) and the load tests send.
     api_key: SecretStr | None = None
     # Requests per minute per API key (a key's own limit overrides it; 0 turns limits off),
@@ -186,6 +218,12 @@ class Settings(BaseSettings):
     record_queue_size: int = Field(10_000, ge=10, le=10_000_000)
     record_batch_size: int = Field(500, ge=1, le=100_000)
     record_flush_interval_s: float = Field(0.2, gt=0.0, le=60.0)
+
+    # The planes: with `metrics_port`, Prometheus metrics are served on that port (all
+    # interfaces) and no longer on the API port, so the public Ingress never routes them.
+    # `docs_enabled`: the OpenAPI page (/v1/docs, /v1/openapi.json).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    docs_enabled: bool = True
 
     # Service logs: one JSON object per line (for log shippers), or plain text.
     log_format: Literal["json", "text"] = "json"
