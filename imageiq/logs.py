@@ -15,7 +15,10 @@ from typing import Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
+# The server's own id of the request being served (never the client's: a client could
+# reuse or forge one), and the X-Request-ID the client sent, if any, kept apart.
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+client_request_id_var: ContextVar[str | None] = ContextVar("client_request_id", default=None)
 
 
 class _RequestId(logging.Filter):
