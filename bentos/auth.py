@@ -1,32 +1,32 @@
-"""Authentication, scopes and rate limits of the /v1 endpoints, as FastAPI dependencies.
+"""Scopes and rate limits of the /v1 endpoints, as FastAPI dependencies.
 
-``Depends(require("classify"))`` on an endpoint: the bearer key is checked (401), its
-scopes (403) and its rate limit (429 with ``Retry-After``). The classify endpoints read
-their bodies themselves, after this, so an unauthenticated upload is never read; FastAPI
-parses the small JSON bodies of the other endpoints (64 KiB at most) first. Keys are
-only ever read from the ``Authorization`` header; one in the query string is ignored. A key
-looked up in the database, or a limit counted in Redis, runs in a worker thread, so the
-event loop never waits on the network; the usual request (its key cached, its limit
-counted in this process or none) is checked on the event loop, without a thread hop.
+Who is asking was settled before the request reached the app, from its headers alone
+(:mod:`bentos.gate`: the API key, failed-attempt throttling, the key's concurrency), so no
+body is ever read for an unauthenticated request. ``Depends(require("classify"))`` on an
+endpoint then checks the key's scopes (403) and charges its rate limit (429 with
+``Retry-After``): one per request here, and the batch endpoint charges its other images
+with :func:`charge` once it has counted them. Keys are only ever read from the
+``Authorization`` header; one in the query string is ignored. A limit counted in Redis
+runs in a worker thread, so the event loop never waits on the network.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Awaitable, Callable
 
 import anyio
 from fastapi import Request, Security
 from fastapi.security import HTTPBearer
 
+from bentos.gate import GATE_KEY, principal_of
 from bentos.http import note
 from bentos.state import state
 from imageiq import errors
-from imageiq.backends import Backends
-from imageiq.keys import ANONYMOUS, SCOPES, Principal
-from imageiq.metrics import metrics
+from imageiq.keys import SCOPES, Principal
 
-# Only for the OpenAPI page (the "Authorize" button); the dependency reads the header itself.
+# Only for the OpenAPI page (the "Authorize" button); the gate reads the header itself.
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="ApiKey",
@@ -39,49 +39,67 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         raise ValueError(f"unknown scope {scope!r}")
 
     async def dependency(request: Request, _: object = Security(bearer)) -> Principal:
-        backends = state(request).backends
-        settings = backends.settings
-        header = request.headers.get("authorization")
-        if settings.auth_enabled and not backends.keys.answers_from_memory(header):
-            principal = await anyio.to_thread.run_sync(_authenticate, backends, header)
-        else:
-            principal = _authenticate(backends, header)
+        principal = principal_of(request.scope)
         note(request.scope, key=principal.key_id)
-        own = principal.rate_limit_per_minute
-        per_minute = settings.rate_limit_per_minute if own is None else own  # 0: unlimited
-        hit = functools.partial(
-            backends.limiter.hit,
-            principal.key_id,
-            per_minute=per_minute,
-            burst=settings.rate_limit_burst,
-        )
-        if backends.limiter.answers_from_memory(per_minute):
-            decision = hit()
-        else:
-            decision = await anyio.to_thread.run_sync(hit)
-        if not decision.allowed:
-            raise errors.RateLimited(
-                f"Rate limit of this API key exceeded ({decision.limit} at once, "
-                f"then {per_minute} per minute); retry in {decision.retry_after_s:.1f} s.",
-                retry_after=decision.retry_after_s,
-            )
-        request.state.principal = principal
-        return principal
-
-    def _authenticate(backends: Backends, header: str | None) -> Principal:
         try:
-            if backends.settings.auth_enabled:
-                principal = backends.keys.authenticate(header)
-            else:
-                principal = ANONYMOUS
             if not principal.allows(scope):
                 raise errors.Forbidden(
                     f"This API key lacks the {scope!r} scope this endpoint needs.",
                     details={"required_scope": scope},
                 )
-        except (errors.Unauthorized, errors.Forbidden) as e:
-            metrics().auth_failures.labels(e.code).inc()
+        except errors.Forbidden as e:
+            gate = request.scope.get(GATE_KEY)
+            if gate is not None:
+                gate.denied(request.scope, state(request).backends, e, key_id=principal.key_id)
             raise
+        if principal.stale and scope != "classify":
+            raise errors.DatabaseUnavailable(
+                "The database is unavailable, so this key's rights cannot be checked; "
+                f"the {scope!r} scope is refused until it is back.",
+                retry_after=2,
+            )
+        await charge(request, principal, cost=1)
+        request.state.principal = principal
         return principal
 
     return dependency
+
+
+async def charge(request: Request, principal: Principal, *, cost: int) -> None:
+    """Counts ``cost`` requests (images) against the key's rate limit: 429 with the cost,
+    the limit and ``Retry-After`` when they do not fit now; 413 when they never could (more
+    than the key's burst at once)."""
+    if cost <= 0:
+        return
+    backends = state(request).backends
+    settings = backends.settings
+    own = principal.rate_limit_per_minute
+    per_minute = settings.rate_limit_per_minute if own is None else own  # 0: unlimited
+    burst = settings.rate_limit_burst
+    if per_minute > 0 and cost > burst:
+        raise errors.TooManyImages(
+            f"This request costs {cost} (one per image); this API key may spend at most "
+            f"{burst} at once: send at most {burst} images per request.",
+            details={"cost": cost, "burst": burst, "max_images": burst},
+        )
+    hit = functools.partial(
+        backends.limiter.hit, principal.key_id, per_minute=per_minute, burst=burst, cost=cost
+    )
+    if backends.limiter.answers_from_memory(per_minute):
+        decision = hit()
+    else:
+        decision = await anyio.to_thread.run_sync(hit)
+    if not decision.allowed:
+        wait = max(1, math.ceil(decision.retry_after_s))
+        raise errors.RateLimited(
+            f"Rate limit of this API key exceeded: this request costs {cost} (one per image), "
+            f"the key may spend {decision.limit} at once, then {per_minute} per minute; "
+            f"retry in {wait} s.",
+            details={
+                "cost": cost,
+                "burst": decision.limit,
+                "per_minute": per_minute,
+                "retry_after_s": wait,
+            },
+            retry_after=wait,
+        )

@@ -23,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bentos.gate import Gate
 from imageiq import errors
-from imageiq.logs import request_id_var
+from imageiq.admission import Budget, byte_budget, parse_factor
+from imageiq.logs import client_request_id_var, request_id_var
 from imageiq.metrics import metrics
 from imageiq.settings import Settings
 
@@ -32,6 +34,7 @@ log = logging.getLogger("imageiq.http")
 access_log = logging.getLogger("imageiq.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+CLIENT_REQUEST_ID_HEADER = "X-Client-Request-ID"
 ERROR_CODE_HEADER = "X-Error-Code"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Per-request facts the endpoints note for the access log and metrics (model, batch sizes).
@@ -74,6 +77,8 @@ def error_response(error: errors.ImageIQError) -> JSONResponse:
     headers = {ERROR_CODE_HEADER: error.code, REQUEST_ID_HEADER: request_id_var.get()}
     if error.retry_after is not None or error.status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
+    if isinstance(error, errors.MethodNotAllowed) and error.details.get("allowed_methods"):
+        headers["Allow"] = ", ".join(error.details["allowed_methods"])
     return JSONResponse({"error": body}, status_code=error.status, headers=headers)
 
 
@@ -95,7 +100,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     cls = _STATUS_ERRORS.get(exc.status_code, errors.InvalidRequest)
-    return error_response(cls(str(exc.detail)))
+    allow = (exc.headers or {}).get("Allow")
+    details = {"allowed_methods": [m.strip() for m in allow.split(",")]} if allow else None
+    return error_response(cls(str(exc.detail), details=details))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -108,12 +115,21 @@ def install_error_handlers(app: FastAPI) -> None:
     # catch-all keeps their 404 (and 405) in the error envelope.
     async def unknown_route(request: Request, path: str) -> None:
         scope = dict(request.scope)
-        if any(
-            route.matches(scope)[0] == Match.PARTIAL
-            for route in app.routes
-            if getattr(route, "endpoint", None) is not unknown_route
-        ):
-            raise errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+        allowed = sorted(
+            {
+                method
+                for route in app.routes
+                if getattr(route, "endpoint", None) is not unknown_route
+                and route.matches(scope)[0] == Match.PARTIAL
+                for method in getattr(route, "methods", None) or ()
+            }
+        )
+        if allowed:
+            raise errors.MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}; "
+                f"allowed: {', '.join(allowed)}.",
+                details={"allowed_methods": allowed},
+            )
         raise errors.NotFound(f"No endpoint {request.method} {request.url.path}.")
 
     app.add_api_route(
@@ -125,59 +141,101 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class RequestGuard:
-    """ASGI middleware of the public API: request id, in-flight cap, deadline, body cap,
+    """ASGI middleware of the public API: request id, admission, deadlines, body cap,
     request metrics, and the envelope for anything that escapes the app.
 
-    - More than ``max_in_flight`` requests at once: 503 ``overloaded`` at once.
-    - A body over ``max_body_bytes(path)``: 413, at once when Content-Length says so, else as
-      soon as the streamed bytes pass the cap (the app sees a disconnect; its answer is
-      replaced).
-    - Past ``timeout_s``: 504 ``timeout``.
-    - An exception: 500 ``internal_error``, logged with its traceback and the request id.
+    In this order, each refusal answered before the body is read, with ``Connection:
+    close``:
 
-    Each request ends with one ``imageiq.access`` log record and its metrics.
+    - more than ``max_in_flight`` requests at once: 503 ``overloaded``;
+    - who is asking (:class:`bentos.gate.Gate`): 401, 429, 503;
+    - a body over ``body_limit(path)``: 413, at once when Content-Length says so, else as
+      soon as the streamed bytes pass it;
+    - the worker's request-byte budget (:mod:`imageiq.admission`): the declared body times
+      its parse factor is taken from it (a streamed body's, chunk by chunk); 503
+      ``overloaded`` when it is spent, 413 when the body alone is over it.
+
+    Then the app runs: past ``request_timeout_s``, 504 ``timeout``; a body not all sent
+    within ``body_timeout_s``, 408 ``body_timeout``; a client that goes away is counted as
+    499 ``client_closed_request`` (logged at INFO, not an error); an exception is a 500
+    ``internal_error``, logged with its traceback and the request id.
+
+    The request id is the server's own; a client's valid ``X-Request-ID`` is kept apart
+    (logs, records) and echoed as ``X-Client-Request-ID``. Each request ends with one
+    ``imageiq.access`` log record and its metrics.
     """
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
+        self.settings = settings
         self.max_body_bytes = functools.partial(body_limit, settings)
         self.max_in_flight = settings.max_in_flight
         self.timeout_s = settings.request_timeout_s
         self.in_flight = 0
+        self.bytes = Budget(byte_budget(settings), unit="bytes")
+        self.gate = Gate(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = uuid.uuid4().hex
         incoming = _header(scope, b"x-request-id")
-        request_id = (
-            incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        client_request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else None
+        tokens = (
+            request_id_var.set(request_id),
+            client_request_id_var.set(client_request_id),
         )
-        token = request_id_var.set(request_id)
         limit = self.max_body_bytes(scope["path"])
-        exchange = _Exchange(scope, receive, send, request_id, limit)
+        exchange = _Exchange(
+            scope,
+            receive,
+            send,
+            request_id=request_id,
+            client_request_id=client_request_id,
+            max_body=limit,
+            budget=self.bytes,
+            factor=parse_factor(_header(scope, b"content-type")),
+            body_timeout_s=self.settings.body_timeout_s,
+        )
         started = time.perf_counter()
         try:
-            refusal = self._refusal(scope, limit)
-            if refusal is not None:
-                await exchange.respond(refusal)
+            if self.in_flight >= self.max_in_flight:
+                await exchange.respond(
+                    errors.Overloaded(
+                        f"{self.in_flight} requests are in progress, the most this server "
+                        "takes; retry shortly."
+                    ),
+                    close=True,
+                )
                 return
             self.in_flight += 1
             in_flight = metrics().requests_in_flight
             in_flight.inc()
+            principal = None
             try:
                 with anyio.fail_after(self.timeout_s):
+                    try:
+                        principal = await self.gate.admit(scope)
+                        exchange.admit_body(_header(scope, b"content-length"))
+                    except errors.ImageIQError as e:
+                        await exchange.respond(e, close=True)
+                        return
                     await self.app(scope, exchange.receive, exchange.send)
             except TimeoutError:
                 if exchange.started:
                     raise
                 await exchange.respond(
-                    errors.Timeout(f"The request took longer than {self.timeout_s:g} s.")
+                    errors.Timeout(f"The request took longer than {self.timeout_s:g} s."),
+                    close=True,
                 )
             except Exception:
-                if exchange.too_large:  # the app choked on the body we cut: not a bug
+                if exchange.cut is not None:  # the app choked on the body we cut: not a bug
                     if not exchange.started:
-                        await exchange.respond(_too_large(limit))
+                        await exchange.respond(exchange.cut, close=True)
+                    return
+                if exchange.client_gone:
+                    exchange.gone()
                     return
                 log.exception("unhandled error (request %s)", request_id)
                 if exchange.started:
@@ -190,6 +248,8 @@ class RequestGuard:
             finally:
                 self.in_flight -= 1
                 in_flight.dec()
+                self.gate.release(principal)
+                exchange.release()
         finally:
             elapsed = time.perf_counter() - started
             endpoint = _endpoint(scope)
@@ -213,66 +273,140 @@ class RequestGuard:
                     "code": exchange.code or None,
                     "latency_ms": round(elapsed * 1000, 2),
                     "body_bytes": exchange.body_bytes,
+                    "client_request_id": client_request_id,
                     **notes,
                 },
             )
-            request_id_var.reset(token)
-
-    def _refusal(self, scope: Scope, limit: int) -> errors.ImageIQError | None:
-        if self.in_flight >= self.max_in_flight:
-            return errors.Overloaded(
-                f"{self.in_flight} requests are in progress, the most this server takes; "
-                "retry shortly."
-            )
-        declared = _header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return _too_large(limit)
-        return None
+            for var, token in zip((request_id_var, client_request_id_var), tokens, strict=True):
+                var.reset(token)  # type: ignore[attr-defined]
 
 
 class _Exchange:
-    """One request's receive/send, wrapped: counts body bytes, stamps the request id, and
-    remembers the status and error code for the metrics."""
+    """One request's receive/send, wrapped: counts and budgets the body bytes, enforces
+    the body deadline, notices a client that leaves, stamps the request ids, and remembers
+    the status and error code for the metrics."""
 
     def __init__(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, max_body: int
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        request_id: str,
+        client_request_id: str | None,
+        max_body: int,
+        budget: Budget,
+        factor: int,
+        body_timeout_s: float,
     ) -> None:
         self.scope, self._receive, self._send = scope, receive, send
-        self.request_id = request_id
-        self.max_body = max_body
+        self.request_id, self.client_request_id = request_id, client_request_id
+        self.max_body, self.budget, self.factor = max_body, budget, factor
+        self.body_timeout_s = body_timeout_s
+        self.body_deadline = time.monotonic() + body_timeout_s
         self.status, self.code = 500, ""
         self.started = False
-        self.too_large = False
         self.body_bytes = 0
+        self.body_done = False
+        self.client_gone = False
+        # The answer that replaces the app's once the body was cut off (too large, too
+        # slow, over the budget): the app only saw a disconnect.
+        self.cut: errors.ImageIQError | None = None
+        self._covered = 0  # body bytes the budget holds a share for
+        self._held = 0  # what the budget holds for them
         self._replaced = False
 
+    def admit_body(self, declared: str | None) -> None:
+        """Takes the declared body's share of the byte budget (before reading it)."""
+        if declared is None:
+            return  # chunked: taken as it streams (receive)
+        if not declared.isdigit() or int(declared) > self.max_body:
+            raise _too_large(self.max_body)
+        self._cover(int(declared))
+        if self.cut is not None:
+            raise self.cut
+
+    def release(self) -> None:
+        self.budget.give(self._held)
+        self._held = 0
+
     async def receive(self) -> Message:
-        message = await self._receive()
+        if self.body_done or self.cut is not None:
+            return await self._receive()
+        left = self.body_deadline - time.monotonic()
+        message: Message | None = None
+        if left > 0:
+            with anyio.move_on_after(left):
+                message = await self._receive()
+        if message is None:
+            self.cut = errors.BodyTimeout(
+                f"The request body was not all sent within {self.body_timeout_s:g} s.",
+            )
+            return {"type": "http.disconnect"}
         if message["type"] == "http.request":
             self.body_bytes += len(message.get("body", b""))
             if self.body_bytes > self.max_body:
-                self.too_large = True
+                self.cut = _too_large(self.max_body)
                 return {"type": "http.disconnect"}
+            if self.body_bytes > self._covered:
+                self._cover(self.body_bytes)
+                if self.cut is not None:
+                    return {"type": "http.disconnect"}
+            if not message.get("more_body", False):
+                self.body_done = True
+        elif message["type"] == "http.disconnect":
+            self.client_gone = True
         return message
 
+    def _cover(self, body_bytes: int) -> None:
+        """Holds the budget's share for ``body_bytes`` of body; sets :attr:`cut` if it cannot."""
+        need = (body_bytes - self._covered) * self.factor
+        if not self.budget.fits(self._held + need):
+            self.cut = errors.PayloadTooLarge(
+                f"A body of {body_bytes} bytes needs more memory than this server gives "
+                "requests at once.",
+                details={"max_bytes": self.budget.total // self.factor},
+            )
+        elif not self.budget.take(need):
+            self.cut = errors.Overloaded(
+                "The server holds as many request bytes as it may at once; retry shortly.",
+                retry_after=1,
+            )
+        else:
+            self._held += need
+            self._covered = body_bytes
+
     async def send(self, message: Message) -> None:
-        if self.too_large:  # whatever the app answers to the cut-off body, the client gets 413
+        if self.client_gone:  # nobody to answer: counted as the client's abort
+            self.gone()
+            return
+        if self.cut is not None:  # whatever the app answers to the cut-off body
             if not self._replaced:
                 self._replaced = True
-                await self.respond(_too_large(self.max_body))
+                await self.respond(self.cut, close=True)
             return
         await self._stamped_send(message)
 
-    async def respond(self, error: errors.ImageIQError) -> None:
-        await error_response(error)(self.scope, self._receive, self._stamped_send)
+    def gone(self) -> None:
+        self.status, self.code = errors.ClientClosedRequest.status, errors.ClientClosedRequest.code
+
+    async def respond(self, error: errors.ImageIQError, *, close: bool = False) -> None:
+        response = error_response(error)
+        if close:
+            response.headers["Connection"] = "close"
+        await response(self.scope, self._receive, self._stamped_send)
 
     async def _stamped_send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
             self.status = message["status"]
-            name = REQUEST_ID_HEADER.lower().encode()
-            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
-            headers.append((name, self.request_id.encode()))
+            names = {REQUEST_ID_HEADER.lower().encode(), CLIENT_REQUEST_ID_HEADER.lower().encode()}
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+            headers.append((REQUEST_ID_HEADER.lower().encode(), self.request_id.encode()))
+            if self.client_request_id:
+                headers.append(
+                    (CLIENT_REQUEST_ID_HEADER.lower().encode(), self.client_request_id.encode())
+                )
             self.code = dict(headers).get(ERROR_CODE_HEADER.lower().encode(), b"").decode()
             message = {**message, "headers": headers}
         await self._send(message)
@@ -285,32 +419,44 @@ def _too_large(max_bytes: int) -> errors.PayloadTooLarge:
 
 
 class EnvelopeOutsideApi:
-    """Service-level ASGI middleware: BentoML's plain-text 404 and 405 for paths outside the
-    API (``/foo``, ``/internal/...``) leave in the same JSON error envelope as the API's."""
+    """Service-level ASGI middleware: BentoML's plain-text 404 and 405 leave in the same
+    JSON error envelope as the API's, for paths outside the API (``/foo``) and for those
+    its mount does not match (``/v1/images/a%0Ab``: the mount's pattern stops at a line
+    break). An answer that already carries an error code is the API's own, left as is."""
 
     def __init__(self, app: ASGIApp, *, api_prefix: str = "/v1") -> None:
         self.app = app
         self.api_prefix = api_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or path == self.api_prefix
-            or path.startswith(self.api_prefix + "/")
-        ):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
         replaced = False
+        code_header = ERROR_CODE_HEADER.lower().encode()
 
         async def guarded_send(message: Message) -> None:
             nonlocal replaced
-            if message["type"] == "http.response.start" and message["status"] in (404, 405):
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] in (404, 405)
+                and not any(k.lower() == code_header for k, _ in message.get("headers", []))
+            ):
                 replaced = True
                 token = request_id_var.set(uuid.uuid4().hex)
                 try:
-                    cls = errors.NotFound if message["status"] == 404 else errors.MethodNotAllowed
-                    error = cls(f"No endpoint {scope.get('method')} {path}.")
+                    if message["status"] == 404:
+                        error: errors.ImageIQError = errors.NotFound(
+                            f"No endpoint {scope.get('method')} {path!r}."
+                        )
+                    else:
+                        allow = dict(message.get("headers", [])).get(b"allow", b"").decode()
+                        methods = [m.strip() for m in allow.split(",") if m.strip()]
+                        error = errors.MethodNotAllowed(
+                            f"{scope.get('method')} is not allowed on {path!r}.",
+                            details={"allowed_methods": methods} if methods else None,
+                        )
                     await error_response(error)(scope, receive, send)
                 finally:
                     request_id_var.reset(token)

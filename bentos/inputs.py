@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -25,6 +27,9 @@ from bentos.schemas import BatchJSON, ClassifyJSON, ClassifyParams
 from imageiq import errors
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
+# JSON bodies (and base64 texts) larger than this are parsed (decoded) in a worker thread.
+INLINE_JSON_BYTES = 256 * 1024
 # Multipart parts parsed before counting (the body size limit bounds them anyway), so that
 # too many images is answered by the rule about images, not the parser's.
 _MAX_PARTS = 1000
@@ -50,9 +55,13 @@ async def read_classify(request: Request, limits: Limits) -> tuple[ClassifyParam
     kind = _content_kind(request)
     if kind == JSON:
         body = _validated(
-            ClassifyJSON, await _json(request), limits, request=request, file_field="image_b64"
+            ClassifyJSON,
+            await _json(request, limits),
+            limits,
+            request=request,
+            file_field="image_b64",
         )
-        upload = _from_b64(body.image_b64, None, limits)
+        upload = await _decoded(lambda: _from_b64(body.image_b64, None, limits), body.image_b64)
         if upload.error:
             raise upload.error
         return _params(body), upload
@@ -78,11 +87,15 @@ async def read_classify(request: Request, limits: Limits) -> tuple[ClassifyParam
 async def read_batch(request: Request, limits: Limits) -> tuple[ClassifyParams, list[Upload]]:
     kind = _content_kind(request)
     if kind == JSON:
-        payload = await _json(request)
+        payload = await _json(request, limits)
         if isinstance(payload, dict) and isinstance(payload.get("images_b64"), list):
             _check_count(len(payload["images_b64"]), limits)
         body = _validated(BatchJSON, payload, limits, request=request, file_field="images_b64")
-        return _params(body), [_from_b64(b64, None, limits) for b64 in body.images_b64]
+        del payload
+        uploads = await _decoded(
+            lambda: [_from_b64(b64, None, limits) for b64 in body.images_b64], *body.images_b64
+        )
+        return _params(body), uploads
     form = await _multipart(request)
     try:
         items = form.getlist("images")
@@ -102,6 +115,13 @@ async def read_batch(request: Request, limits: Limits) -> tuple[ClassifyParams, 
     finally:
         await form.close()
     return params, uploads
+
+
+async def _decoded(decode: Callable[[], R], *texts: str) -> R:
+    """``decode()`` (base64 to bytes) here, or in a worker thread when the text is large."""
+    if sum(len(t) for t in texts) > INLINE_JSON_BYTES:
+        return await anyio.to_thread.run_sync(decode)
+    return decode()
 
 
 def _content_kind(request: Request) -> str:
@@ -132,16 +152,39 @@ async def _multipart(request: Request) -> FormData:
         raise errors.MalformedRequest(e.message) from None
 
 
-async def _json(request: Request) -> Any:
+async def _json(request: Request, limits: Limits) -> Any:
+    """The parsed JSON body. Its values are counted first (a C-speed scan for the bytes
+    that open or separate them), so a body of a million tiny values, which parsing would
+    blow up twenty-fold in memory, is refused unparsed; a large body is parsed in a worker
+    thread, not on the event loop."""
     raw = await request.body()
     if not raw:
         raise errors.MalformedRequest("The JSON body is empty.")
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    most = _json_values(limits)
+    if values > most:
+        raise errors.PayloadTooLarge(
+            f"The JSON body holds about {values} values; requests here need at most {most}.",
+            details={"max_values": most},
+        )
+    if len(raw) > INLINE_JSON_BYTES:
+        return await anyio.to_thread.run_sync(_parse_json, raw)
+    return _parse_json(raw)
+
+
+def _parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise errors.MalformedRequest(f"The body is not valid JSON ({e}).") from None
     except RecursionError:  # e.g. [[[[...]]]] nested deeper than the parser's stack
         raise errors.MalformedRequest("The JSON body is nested too deeply.") from None
+
+
+def _json_values(limits: Limits) -> int:
+    """Values a valid body may hold: each image's string (a data: URI adds a comma), the
+    options, and room for whitespace-free layouts of both."""
+    return 4 * limits.max_images + 256
 
 
 def _validated(

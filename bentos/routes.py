@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from bentos.answers import batch_item, prediction_fields
-from bentos.auth import require
+from bentos.auth import charge, require
 from bentos.http import note
 from bentos.inputs import read_batch, read_classify
 from bentos.schemas import (
@@ -46,7 +46,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Image over the byte or pixel limit, or too many images.",
         415: "Not multipart/form-data or JSON, or not an image in a supported format.",
         422: "Missing image, invalid parameter or base64, or corrupt image data.",
-        429: "The API key's rate limit is exceeded (see Retry-After).",
+        429: "The API key's rate limit (one per image) or its requests in progress are "
+        "exceeded, or its address failed to authenticate too often (see Retry-After).",
         503: "Model not ready yet, or the server is overloaded (see Retry-After).",
     }
     return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
@@ -116,7 +117,7 @@ async def _classify(
     "/classify",
     response_model=ClassifyResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 404, 413, 415, 422, 503),
+    responses=_errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
     summary="Classify one image",
     openapi_extra=_request_body(ClassifyJSON, "image"),
 )
@@ -149,7 +150,7 @@ async def classify(
     "/classify/batch",
     response_model=BatchResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 404, 413, 415, 422, 503),
+    responses=_errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
     summary="Classify several images in one request",
     openapi_extra=_request_body(BatchJSON, "images"),
 )
@@ -164,6 +165,8 @@ async def classify_batch(
     endpoint = "/v1/classify/batch"
     params, uploads = await read_batch(request, s.limits)
     note(request.scope, images=len(uploads))
+    # Rate limits charge per image: the request paid for one, these are the others.
+    await charge(request, principal, cost=len(uploads) - 1)
     readable = [i for i, u in enumerate(uploads) if u.error is None]
     for upload in uploads:
         if upload.error is not None:

@@ -21,6 +21,7 @@ anything else (a bug, the model failing) raises.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -35,10 +36,10 @@ from PIL import Image as PILImage
 from sqlalchemy.exc import SQLAlchemyError
 
 from imageiq import catalog, errors
+from imageiq.admission import Budget, pixel_budget
 from imageiq.backends import Backends
 from imageiq.cache import cache_key
 from imageiq.db.engine import is_transient
-from imageiq.images import DecodedImage
 from imageiq.inference import ModelIO, ScoredLabel
 from imageiq.keys import Principal
 from imageiq.logs import request_id_var
@@ -109,26 +110,48 @@ class ImageResult:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """An upload decoded and prepared for the model's batching queue."""
+    """An upload decoded and prepared for the model's batching queue: its tensor and the
+    facts of the decoded image (not its pixels, which are gone by then)."""
 
-    decoded: DecodedImage
+    format: str
+    width: int
+    height: int
     tensor: torch.Tensor  # uint8 [3, S, S]
     decode_s: float
     preprocess_s: float
 
 
 def prepare_image(
-    classifier: ModelIO, data: bytes, *, max_pixels: int, draft: bool
+    classifier: ModelIO,
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft: bool,
+    pixels: Budget | None = None,
+    wait_s: float = 0.0,
 ) -> PreparedImage:
     """Untrusted bytes -> what the batching queue takes: decode (with ``draft``, large JPEGs
     at a reduced scale) and prepare (colour, resize, crop). CPU-bound: the core runs it in a
     worker thread. Training reads its held-out images through the same two steps
-    (:func:`training.data.held_out_dataset`), which the parity test checks."""
-    started = time.perf_counter()
-    decoded = classifier.decode(data, max_pixels=max_pixels, draft=draft)
-    done = time.perf_counter()
-    tensor = classifier.prepare(decoded.image)
-    return PreparedImage(decoded, tensor, done - started, time.perf_counter() - done)
+    (:func:`training.data.held_out_dataset`), which the parity test checks.
+
+    With ``pixels``, the image's decoded pixels (read from its header) are held in that
+    budget from before the decode until its tensor is made, waiting up to ``wait_s`` for
+    room (:meth:`imageiq.admission.Budget.hold`)."""
+    held = (
+        pixels.hold(classifier.pixels_to_decode(data, draft=draft), wait_s=wait_s)
+        if pixels is not None
+        else contextlib.nullcontext()
+    )
+    with held:
+        decoding = time.perf_counter()
+        decoded = classifier.decode(data, max_pixels=max_pixels, draft=draft)
+        done = time.perf_counter()
+        tensor = classifier.prepare(decoded.image)
+        prepared = time.perf_counter()
+        facts = (decoded.format, decoded.width, decoded.height)
+        del decoded  # its pixels go before the budget is given back
+    return PreparedImage(*facts, tensor, done - decoding, prepared - done)
 
 
 @dataclass(frozen=True)
@@ -149,6 +172,9 @@ class Classification:
         self._decode_slots = anyio.CapacityLimiter(
             settings.decode_concurrency or settings.cpu_count
         )
+        # Decoded pixels held at once (imageiq.admission); an image waits for room as long
+        # as a queued image may wait for its batch, then gets 503.
+        self.pixels = Budget(pixel_budget(settings), unit="pixels")
 
     def check(self, *, top_k: int, min_confidence: float, store: bool) -> None:
         """The options, before any image is read: 422 ``invalid_parameter`` if wrong."""
@@ -321,10 +347,11 @@ class Classification:
                 data,
                 max_pixels=self.settings.max_image_pixels,
                 draft=self.settings.jpeg_draft,
+                pixels=self.pixels,
+                wait_s=self.settings.max_latency_ms / 1000,
             )
             with model.batcher.announce():  # counts towards the batch sizes from now
                 prepared = await anyio.to_thread.run_sync(prepare, limiter=self._decode_slots)
-        decoded = prepared.decoded
         m = metrics()
         labels = (model.model.name, model.model.version)
         m.decode_seconds.labels(endpoint).observe(prepared.decode_s)
@@ -340,9 +367,9 @@ class Classification:
             attributes=prediction.attributes,
             image=ImageFacts(
                 sha256=sha256,
-                width=decoded.width,
-                height=decoded.height,
-                format=decoded.format,
+                width=prepared.width,
+                height=prepared.height,
+                format=prepared.format,
                 bytes=len(data),
             ),
             batch_size=out.batch_size,

@@ -104,8 +104,33 @@ class TooManyImages(ImageIQError):
     status, code = 413, "too_many_images"
 
 
+class BodyTimeout(ImageIQError):
+    """The client did not send its whole body within ``body_timeout_s``."""
+
+    status, code = 408, "body_timeout"
+
+
 class RateLimited(ImageIQError):
     status, code = 429, "rate_limited"
+
+
+class TooManyConcurrentRequests(ImageIQError):
+    """More requests of one API key in progress at once than ``max_in_flight_per_key``."""
+
+    status, code = 429, "too_many_concurrent_requests"
+
+
+class AuthThrottled(ImageIQError):
+    """Too many failed authentications from one client address: its next attempts are
+    refused unchecked for a while."""
+
+    status, code = 429, "auth_throttled"
+
+
+class ClientClosedRequest(ImageIQError):
+    """The client went away before its answer (nginx's 499): counted, never a 5xx."""
+
+    status, code = 499, "client_closed_request"
 
 
 # --- availability (5xx) ---------------------------------------------------------------------

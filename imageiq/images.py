@@ -114,6 +114,23 @@ def read_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -
     return DecodedImage(oriented, fmt, width, height)
 
 
+def pixels_to_decode(data: bytes, *, draft_size: int | None = None) -> int:
+    """The pixels :func:`read_image` will decode, from the header alone (a JPEG it drafts
+    counts at its reduced scale); 0 when the header cannot be read (decoding says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+                width, height, fmt = *image.size, image.format
+    except Exception:
+        return 0
+    scale = 1
+    if draft_size and fmt in ("JPEG", "MPO") and min(width, height) >= DRAFT_FROM * draft_size:
+        while scale < 8 and min(width, height) // (scale * 2) >= draft_size:
+            scale *= 2
+    return max(0, -(-width // scale) * -(-height // scale))
+
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 

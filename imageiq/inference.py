@@ -127,6 +127,10 @@ class ModelIO:
         (:meth:`EvalTransform.decode`, which training's held-out images go through too)."""
         return self.transform.decode(data, max_pixels=max_pixels, draft=draft)
 
+    def pixels_to_decode(self, data: bytes, *, draft: bool = True) -> int:
+        """The pixels :meth:`decode` will hold, read from the header alone."""
+        return self.transform.pixels_to_decode(data, draft=draft)
+
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """One decoded image -> uint8 [3, S, S]; cheap enough for a request thread."""
         return self.transform.to_uint8(image)

@@ -19,6 +19,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,6 +46,9 @@ class Principal:
     name: str
     scopes: frozenset[str]
     rate_limit_per_minute: int | None = None
+    # Checked against a cached row past its TTL while the database is down: good enough to
+    # classify for a grace period, not for the label and admin scopes (fail closed).
+    stale: bool = False
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
@@ -124,54 +128,93 @@ def _bearer(authorization: str) -> re.Match[str] | None:
     return _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
 
 
+def key_id_of(authorization: str | None) -> str | None:
+    """The key id of a well-formed bearer key (never its secret); None for anything else."""
+    match = _bearer(authorization or "")
+    return match.group(1) if match else None
+
+
 class KeyRing:
-    """Checks bearer keys for the service. Rows are cached for ``ttl_s`` (a revocation made
-    elsewhere applies within that time; one made through this replica at once), and a key
-    checked before keeps working from the cache while the database is down."""
+    """Checks bearer keys for the service.
+
+    Rows of existing keys are cached for ``ttl_s`` (a revocation made elsewhere applies
+    within that time; one made through this replica at once). Ids that match no key are
+    remembered apart, in a bounded LRU, so a flood of made-up keys neither reaches the
+    database for each repeat nor evicts the good keys.
+
+    While the database is down, a cached key past its TTL is still accepted for
+    ``stale_grace_s`` more seconds, marked :attr:`Principal.stale` (the endpoints let a
+    stale key classify, nothing else); after that, and for any key not cached, the answer
+    is 503 ``database_unavailable``.
+    """
+
+    UNKNOWN_MAX = 10_000
 
     def __init__(
-        self, engine: Engine, *, pepper: bytes, ttl_s: float, database: Dependency | None = None
+        self,
+        engine: Engine,
+        *,
+        pepper: bytes,
+        ttl_s: float,
+        stale_grace_s: float = 0.0,
+        database: Dependency | None = None,
     ) -> None:
         self._engine, self._pepper, self._ttl = engine, pepper, ttl_s
+        self._grace = stale_grace_s
         self._database = database
         self._lock = threading.Lock()
-        self._rows: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._known: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise errors.Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
         match = _bearer(authorization)
         key_id, secret = match.groups() if match else ("", "")
-        row = self._row(key_id) if match else None
+        row, stale = self._row(key_id) if match else (None, False)
         salt = row["salt"] if row else _DUMMY_SALT
         expected = row["secret_hash"] if row else "0" * 64
         ok = hmac.compare_digest(hash_secret(secret, salt=salt, pepper=self._pepper), expected)
         if not ok or row is None or row["revoked"]:
             raise errors.Unauthorized("Invalid API key.")
-        return Principal(key_id, row["name"], frozenset(row["scopes"]), row["rate_limit"])
+        return Principal(
+            key_id, row["name"], frozenset(row["scopes"]), row["rate_limit"], stale=stale
+        )
 
     def answers_from_memory(self, authorization: str | None) -> bool:
         """Whether :meth:`authenticate` would answer without the database: the key is
-        malformed or missing (refused as is), or its row is cached and fresh."""
+        malformed or missing (refused as is), its row (or its absence) is cached and fresh,
+        or the database is known to be down."""
         match = _bearer(authorization or "")
         if match is None:
             return True
+        key_id, now = match.group(1), time.monotonic()
         with self._lock:
-            cached = self._rows.get(match.group(1))
-        return cached is not None and time.monotonic() - cached[0] < self._ttl
+            known = self._known.get(key_id)
+            unknown_at = self._unknown.get(key_id)
+        if known is not None and now - known[0] < self._ttl:
+            return True
+        if unknown_at is not None and now - unknown_at < self._ttl:
+            return True
+        return self._database is not None and not self._database.available()
 
     def forget(self, key_id: str) -> None:
         with self._lock:
-            self._rows.pop(key_id, None)
+            self._known.pop(key_id, None)
+            self._unknown.pop(key_id, None)
 
-    def _row(self, key_id: str) -> dict[str, Any] | None:
+    def _row(self, key_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """The key's row (None: no such key) and whether it is stale."""
         now = time.monotonic()
         with self._lock:
-            cached = self._rows.get(key_id)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
-        if cached is not None and self._database is not None and not self._database.available():
-            return cached[1]  # the database is known to be down: no wait for its timeout
+            known = self._known.get(key_id)
+            unknown_at = self._unknown.get(key_id)
+        if known is not None and now - known[0] < self._ttl:
+            return known[1], False
+        if unknown_at is not None and now - unknown_at < self._ttl:
+            return None, False
+        if self._database is not None and not self._database.available():
+            return self._stale(known, now)  # known to be down: no wait for its timeout
         try:
             with Session(self._engine) as session:
                 found = session.get(ApiKey, key_id)
@@ -188,13 +231,25 @@ class KeyRing:
         except SQLAlchemyError as e:
             if self._database is not None:
                 self._database.failed(e)
-            if cached is not None:  # the database is down: trust what we knew
-                return cached[1]
-            raise errors.DatabaseUnavailable(
-                "Cannot check the API key: the database is unavailable.", retry_after=2
-            ) from e
+            return self._stale(known, now)
         with self._lock:
-            if len(self._rows) > 100_000:  # random ids must not grow the cache forever
-                self._rows.clear()
-            self._rows[key_id] = (now, row)
-        return row
+            if row is not None:
+                self._known[key_id] = (now, row)
+                self._unknown.pop(key_id, None)
+            else:
+                self._known.pop(key_id, None)  # deleted from the table meanwhile
+                self._unknown[key_id] = now
+                self._unknown.move_to_end(key_id)
+                while len(self._unknown) > self.UNKNOWN_MAX:
+                    self._unknown.popitem(last=False)
+        return row, False
+
+    def _stale(
+        self, known: tuple[float, dict[str, Any]] | None, now: float
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The database cannot be asked: a cached row within its grace, or 503."""
+        if known is not None and now - known[0] < self._ttl + self._grace:
+            return known[1], True
+        raise errors.DatabaseUnavailable(
+            "Cannot check the API key: the database is unavailable.", retry_after=2
+        )

@@ -28,6 +28,19 @@ class _RequestId(logging.Filter):
         return True
 
 
+# C0 controls and DEL, which a client can put in a path (%0a) to forge a log line.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+class OneLineFormatter(logging.Formatter):
+    """Text records of one line each: control characters in the message (from a path, a
+    filename, a header) are written escaped (``\\x0a``), so no client text can start a
+    line that looks like a record of its own. A traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return super().formatMessage(record).translate(_CONTROLS)
+
+
 def configure_logging(fmt: Literal["json", "text"], *, level: int = logging.INFO) -> None:
     """Send ``imageiq.*`` records to stderr in ``fmt``; BentoML's own loggers are untouched."""
     handler = logging.StreamHandler(sys.stderr)
@@ -42,7 +55,7 @@ def configure_logging(fmt: Literal["json", "text"], *, level: int = logging.INFO
         )
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+            OneLineFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
         )
     logger = logging.getLogger("imageiq")
     logger.handlers[:] = [handler]

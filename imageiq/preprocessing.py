@@ -20,7 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from imageiq.errors import UnsupportedImageFormat
-from imageiq.images import DecodedImage, read_image
+from imageiq.images import DecodedImage, pixels_to_decode, read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,6 +85,10 @@ class EvalTransform:
         scale that still covers ``resize_size`` (Pillow's draft mode)."""
         draft_size = self.config.resize_size if draft else None
         return read_image(data, max_pixels=max_pixels, draft_size=draft_size)
+
+    def pixels_to_decode(self, data: bytes, *, draft: bool = True) -> int:
+        """The pixels :meth:`decode` will hold, from the header alone (0 if unreadable)."""
+        return pixels_to_decode(data, draft_size=self.config.resize_size if draft else None)
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """One image -> uint8 tensor [3, crop, crop] (colour, resize, centre crop)."""

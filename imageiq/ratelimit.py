@@ -30,7 +30,8 @@ from imageiq.settings import Settings
 PREFIX = "imageiq:rl:"
 
 # KEYS[1]: the key's TAT, in microseconds of Redis server time.
-# ARGV[1]: microseconds between two requests at the allowed pace; ARGV[2]: burst.
+# ARGV[1]: microseconds between two requests at the allowed pace; ARGV[2]: burst;
+# ARGV[3]: the cost of this request (images), in requests.
 # Returns {allowed, remaining, retry_after_us, reset_after_us}: integers, since Redis
 # truncates Lua numbers; the TAT is written with %.0f because tostring() would round it.
 _GCRA = """
@@ -39,11 +40,12 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local allow_at = tat + interval - interval * tonumber(ARGV[2])
+local cost = interval * tonumber(ARGV[3])
+local allow_at = tat + cost - interval * tonumber(ARGV[2])
 if now < allow_at then
   return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
 end
-local new_tat = tat + interval
+local new_tat = tat + cost
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
            'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((now - allow_at) / interval + 1e-6), 0, math.ceil(new_tat - now)}
@@ -64,12 +66,13 @@ class Decision:
     remaining: int
     retry_after_s: float
     reset_after_s: float
+    cost: int = 1
 
 
 UNLIMITED = Decision(allowed=True, limit=0, remaining=0, retry_after_s=0.0, reset_after_s=0.0)
 
 
-class _LocalGCRA:
+class LocalGCRA:
     """GCRA in this process (monotonic clock), for one replica."""
 
     # Keys whose bucket is full again are dropped once there are this many (or, when most
@@ -81,11 +84,11 @@ class _LocalGCRA:
         self._tat: dict[str, float] = {}
         self._prune_at = self.PRUNE_AT
 
-    def decide(self, key_id: str, *, interval: float, burst: int) -> Decision:
+    def decide(self, key_id: str, *, interval: float, burst: int, cost: int = 1) -> Decision:
         with self._lock:
             now = time.monotonic()
             tat = max(self._tat.get(key_id, now), now)
-            allow_at = tat + interval - interval * burst
+            allow_at = tat + interval * cost - interval * burst
             if now < allow_at:
                 return Decision(
                     allowed=False,
@@ -93,8 +96,9 @@ class _LocalGCRA:
                     remaining=0,
                     retry_after_s=allow_at - now,
                     reset_after_s=tat - now,
+                    cost=cost,
                 )
-            self._tat[key_id] = tat + interval
+            self._tat[key_id] = tat + interval * cost
             if len(self._tat) > self._prune_at:
                 self._tat = {k: v for k, v in self._tat.items() if v > now}
                 self._prune_at = max(self.PRUNE_AT, 2 * len(self._tat))
@@ -104,7 +108,8 @@ class _LocalGCRA:
             limit=burst,
             remaining=remaining,
             retry_after_s=0.0,
-            reset_after_s=tat + interval - now,
+            reset_after_s=tat + interval * cost - now,
+            cost=cost,
         )
 
 
@@ -121,25 +126,31 @@ class RateLimiter:
         # The limits of a key that has none of its own.
         self.per_minute, self.burst = per_minute, burst
         self._redis = redis
-        self._local = _LocalGCRA()
+        self._local = LocalGCRA()
         self.backend: Literal["redis", "memory"] = "memory" if redis is None else "redis"
         self.dependency: Dependency | None = None if redis is None else redis.dependency
         self._script: Any = None if redis is None else redis.client.register_script(_GCRA)
 
     def hit(
-        self, key_id: str, *, per_minute: int | None = None, burst: int | None = None
+        self,
+        key_id: str,
+        *,
+        per_minute: int | None = None,
+        burst: int | None = None,
+        cost: int = 1,
     ) -> Decision:
-        """Counts one request of ``key_id`` against ``per_minute`` (0: unlimited), of which
-        ``burst`` may come at once; None is the limiter's default. Never raises: a backend
-        problem decides in this process instead."""
+        """Counts ``cost`` requests of ``key_id`` (the images of a batch: one each) against
+        ``per_minute`` (0: unlimited), of which ``burst`` may come at once; None is the
+        limiter's default. A refused hit counts nothing. Never raises: a backend problem
+        decides in this process instead."""
         per_minute = self.per_minute if per_minute is None else per_minute
         if per_minute <= 0:
             return UNLIMITED
         burst = max(self.burst if burst is None else burst, 1)
         interval = 60.0 / per_minute
-        decision = self._shared(key_id, interval=interval, burst=burst)
+        decision = self._shared(key_id, interval=interval, burst=burst, cost=cost)
         if decision is None:
-            decision = self._local.decide(key_id, interval=interval, burst=burst)
+            decision = self._local.decide(key_id, interval=interval, burst=burst, cost=cost)
         if not decision.allowed:
             metrics().rate_limited.inc()
         return decision
@@ -149,10 +160,10 @@ class RateLimiter:
         per_minute = self.per_minute if per_minute is None else per_minute
         return per_minute <= 0 or self._redis is None
 
-    def _shared(self, key_id: str, *, interval: float, burst: int) -> Decision | None:
+    def _shared(self, key_id: str, *, interval: float, burst: int, cost: int) -> Decision | None:
         if self._redis is None:
             return None
-        keys, args = [PREFIX + key_id], [repr(interval * 1e6), burst]
+        keys, args = [PREFIX + key_id], [repr(interval * 1e6), burst, cost]
         try:
             allowed, remaining, retry_us, reset_us = self._redis.call(
                 lambda r: self._script(keys=keys, args=args, client=r)
@@ -165,6 +176,7 @@ class RateLimiter:
             remaining=int(remaining),
             retry_after_s=retry_us / 1e6,
             reset_after_s=reset_us / 1e6,
+            cost=cost,
         )
 
 

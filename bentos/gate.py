@@ -1,0 +1,182 @@
+"""The door of ``/v1``: who is asking, checked from the headers before any body is read.
+
+:class:`Gate` runs in :class:`bentos.http.RequestGuard` ahead of the app, for every path
+under the mount but the OpenAPI pages. In this order, each refusal answered at once, its
+body unread and the connection closed:
+
+1. the client address's failed authentications (429 ``auth_throttled`` once it spent its
+   ``auth_failures_burst``, then ``auth_failures_per_minute``): a key guesser is turned
+   away without even a hash;
+2. the API key (401; a key not cached is checked against the database in a worker thread,
+   at most ``max_unauthenticated`` at once, more get 503);
+3. the key's requests in progress on this worker (429 ``too_many_concurrent_requests``
+   past ``max_in_flight_per_key``).
+
+The endpoints then check the key's scope and rate limit (:mod:`bentos.auth`). Every 401 and
+403 is counted and, when the service has a denial log, recorded there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import anyio
+from starlette.types import Scope
+
+from imageiq import errors
+from imageiq.keys import ANONYMOUS, Principal, key_id_of
+from imageiq.logs import client_request_id_var, request_id_var
+from imageiq.metrics import metrics
+from imageiq.ratelimit import LocalGCRA
+from imageiq.settings import Settings
+
+PRINCIPAL_KEY = "imageiq.principal"  # where the request's principal lives in the ASGI scope
+GATE_KEY = "imageiq.gate"  # and the gate, for the 403s the endpoints answer
+# Paths under the mount that anyone may read (the OpenAPI pages, when they are on).
+PUBLIC = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_BLOCKED_MAX = 10_000
+
+
+class Gate:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._failures = LocalGCRA()
+        self._blocked: dict[str, float] = {}  # client address -> monotonic time it may retry
+        self._checking = 0  # key checks waiting on the database
+        self._per_key: Counter[str] = Counter()
+
+    async def admit(self, scope: Scope) -> Principal | None:
+        """The request's principal (None on a public path), counted in its key's requests
+        in progress until :meth:`release`; raises the refusal otherwise."""
+        scope[GATE_KEY] = self
+        if _relative(scope) in PUBLIC and scope.get("method") in ("GET", "HEAD"):
+            return None
+        if not self.settings.auth_enabled:
+            scope[PRINCIPAL_KEY] = ANONYMOUS
+            return ANONYMOUS
+        client = _client(scope)
+        self._check_throttle(client)
+        header = _header(scope, b"authorization")
+        backends = backends_of(scope)
+        keys = backends.keys
+        try:
+            if keys.answers_from_memory(header):
+                principal: Principal = keys.authenticate(header)
+            else:
+                if self._checking >= self.settings.max_unauthenticated:
+                    raise errors.Overloaded(
+                        "Too many API keys are being checked at once; retry shortly.",
+                        retry_after=1,
+                    )
+                self._checking += 1
+                try:
+                    principal = await anyio.to_thread.run_sync(keys.authenticate, header)
+                finally:
+                    self._checking -= 1
+        except errors.Unauthorized as e:
+            self._failed(client)
+            self.denied(scope, backends, e, key_id=key_id_of(header))
+            raise
+        limit = self.settings.max_in_flight_per_key
+        if self._per_key[principal.key_id] >= limit:
+            raise errors.TooManyConcurrentRequests(
+                f"This API key has {limit} requests in progress on this server, the most it "
+                "may; retry when one finishes.",
+                details={"max_in_flight_per_key": limit},
+                retry_after=1,
+            )
+        self._per_key[principal.key_id] += 1
+        scope[PRINCIPAL_KEY] = principal
+        return principal
+
+    def release(self, principal: Principal | None) -> None:
+        if principal is None or not self.settings.auth_enabled:
+            return
+        self._per_key[principal.key_id] -= 1
+        if self._per_key[principal.key_id] <= 0:
+            del self._per_key[principal.key_id]
+
+    def denied(
+        self,
+        scope: Scope,
+        backends: Any,
+        error: errors.ImageIQError,
+        *,
+        key_id: str | None,
+    ) -> None:
+        """A 401 or 403: counted, and recorded in the denial log (when there is one)."""
+        metrics().auth_failures.labels(error.code).inc()
+        denials = getattr(backends, "denials", None)
+        if denials is not None:
+            denials.record(
+                key_id=key_id,
+                status=error.status,
+                code=error.code,
+                method=str(scope.get("method", "")),
+                path=str(scope.get("path", ""))[:512],
+                client=_client(scope),
+                request_id=request_id_var.get(),
+                client_request_id=client_request_id_var.get(),
+            )
+
+    def _check_throttle(self, client: str) -> None:
+        until = self._blocked.get(client)
+        if until is None:
+            return
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._blocked[client]
+            return
+        raise errors.AuthThrottled(
+            "Too many failed authentications from this address; "
+            f"retry in {max(1, int(left + 0.999))} s.",
+            retry_after=left,
+        )
+
+    def _failed(self, client: str) -> None:
+        per_minute = self.settings.auth_failures_per_minute
+        decision = self._failures.decide(
+            client, interval=60.0 / per_minute, burst=self.settings.auth_failures_burst
+        )
+        if decision.allowed:
+            return
+        now = time.monotonic()
+        if len(self._blocked) >= _BLOCKED_MAX:
+            self._blocked = {c: t for c, t in self._blocked.items() if t > now}
+        if len(self._blocked) < _BLOCKED_MAX:  # else the other limits still hold
+            self._blocked[client] = now + decision.retry_after_s
+
+
+def backends_of(scope: Scope) -> Any:
+    """The service's backends (keys, limiter, denial log), from the app's state."""
+    service = getattr(getattr(scope.get("app"), "state", None), "imageiq", None)
+    if service is None:
+        raise errors.ModelNotReady("The service is still starting.", retry_after=1)
+    return service.backends
+
+
+def principal_of(scope: Scope) -> Principal:
+    """The principal the gate admitted this request as."""
+    principal = scope.get(PRINCIPAL_KEY)
+    if not isinstance(principal, Principal):  # a route outside the gate: a bug
+        raise errors.Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
+    return principal
+
+
+def _relative(scope: Scope) -> str:
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
