@@ -1,10 +1,13 @@
 # ImageIQ developer commands. The two that matter:
-#   make serve   - set everything up on a fresh clone and serve the classifier on :3000
+#   make serve   - set everything up on a fresh clone and serve the classifier on
+#                  127.0.0.1:3000 (HOST=0.0.0.0 to be reachable from other machines)
 #   make test    - set everything up and run the linters and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PORT ?= 3000
-HOST ?= 0.0.0.0
+# Loopback unless told otherwise: the demo's key has the admin scope. The container image
+# and the chart listen on 0.0.0.0 (bentofile.yaml, helm/).
+HOST ?= 127.0.0.1
 BIN := $(VENV)/bin
 HELM := tools/node_modules/.bin/helm
 DEMO_DATA ?= .data/digits
@@ -38,11 +41,13 @@ demo-model: install
 	$(BIN)/imageiq demo-model --data $(DEMO_DATA)
 
 # The embedded defaults: SQLite and stored images under .imageiq/, an in-process cache. The
-# demo's admin key is kept in $(DEMO_KEY) (send it as `Authorization: Bearer $$(cat $(DEMO_KEY))`).
+# demo's key (scope: admin, which includes classify and label) is kept in $(DEMO_KEY), mode
+# 0600, and never printed: send it as `Authorization: Bearer $$(cat $(DEMO_KEY))`.
 serve: demo-model
 	$(BIN)/imageiq db upgrade
 	$(BIN)/imageiq keys create --name demo --scopes admin --save $(DEMO_KEY) --if-missing > /dev/null
-	@echo "API key for this demo: $$(cat $(DEMO_KEY))  (also in $(DEMO_KEY))"
+	@echo "Demo API key (scope: admin) in $(abspath $(DEMO_KEY)) (mode 0600); use it with:"
+	@echo "  curl -H \"Authorization: Bearer \$$(cat $(DEMO_KEY))\" -F image=@photo.jpg http://$(HOST):$(PORT)/v1/classify"
 	$(BIN)/bentoml serve bentos.service:ImageClassifier --host $(HOST) --port $(PORT)
 
 lint: install tools
