@@ -65,22 +65,25 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-async def charge(request: Request, principal: Principal, *, cost: int) -> None:
-    """Counts ``cost`` requests (images) against the key's rate limit: 429 with the cost,
-    the limit and ``Retry-After`` when they do not fit now; 413 when they never could (more
-    than the key's burst at once)."""
-    if cost <= 0:
-        return
+async def charge(request: Request, principal: Principal, *, cost: int, paid: int = 0) -> None:
+    """Counts ``cost`` requests (images) against the key's rate limit, for a request that
+    already paid ``paid`` (the batch endpoint: one before its body was read, the rest once
+    its images are counted). 429 with the request's whole cost, the limit and
+    ``Retry-After`` when they do not fit now; 413 when they never could (more than the
+    key's burst at once)."""
     backends = state(request).backends
     settings = backends.settings
     own = principal.rate_limit_per_minute
     per_minute = settings.rate_limit_per_minute if own is None else own  # 0: unlimited
     burst = settings.rate_limit_burst
-    if per_minute > 0 and cost > burst:
+    total = cost + paid
+    if per_minute <= 0 or cost <= 0:
+        return
+    if total > burst:
         raise errors.TooManyImages(
-            f"This request costs {cost} (one per image); this API key may spend at most "
+            f"This request costs {total} (one per image); this API key may spend at most "
             f"{burst} at once: send at most {burst} images per request.",
-            details={"cost": cost, "burst": burst, "max_images": burst},
+            details={"cost": total, "burst": burst, "max_images": burst},
         )
     hit = functools.partial(
         backends.limiter.hit, principal.key_id, per_minute=per_minute, burst=burst, cost=cost
@@ -92,11 +95,11 @@ async def charge(request: Request, principal: Principal, *, cost: int) -> None:
     if not decision.allowed:
         wait = max(1, math.ceil(decision.retry_after_s))
         raise errors.RateLimited(
-            f"Rate limit of this API key exceeded: this request costs {cost} (one per image), "
-            f"the key may spend {decision.limit} at once, then {per_minute} per minute; "
-            f"retry in {wait} s.",
+            f"Rate limit of this API key exceeded: this request costs {total} (one per "
+            f"image), the key may spend {decision.limit} at once, then {per_minute} per "
+            f"minute; retry in {wait} s.",
             details={
-                "cost": cost,
+                "cost": total,
                 "burst": decision.limit,
                 "per_minute": per_minute,
                 "retry_after_s": wait,

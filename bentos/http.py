@@ -13,6 +13,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -114,16 +115,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # Unknown paths under the mount: BentoML only routes paths the app declares, so a
     # catch-all keeps their 404 (and 405) in the error envelope.
     async def unknown_route(request: Request, path: str) -> None:
-        scope = dict(request.scope)
-        allowed = sorted(
-            {
-                method
-                for route in app.routes
-                if getattr(route, "endpoint", None) is not unknown_route
-                and route.matches(scope)[0] == Match.PARTIAL
-                for method in getattr(route, "methods", None) or ()
-            }
-        )
+        allowed = allowed_methods(app, request.scope)
         if allowed:
             raise errors.MethodNotAllowed(
                 f"{request.method} is not allowed on {request.url.path}; "
@@ -474,8 +466,45 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _routes(routes: Any) -> Iterator[Any]:
+    """The app's endpoint routes, with the routers it includes flattened (FastAPI keeps an
+    included router as one route of its own)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        elif getattr(route, "path", "") != "/{path:path}":  # not the catch-all
+            yield route
+
+
+def matched_route(app: Any, scope: Scope) -> Any | None:
+    """The route that serves this request (path and method), if any."""
+    for route in _routes(getattr(app, "routes", ())):
+        if route.matches(dict(scope))[0] == Match.FULL:
+            return route
+    return None
+
+
+def allowed_methods(app: Any, scope: Scope) -> list[str]:
+    """The methods some route answers on this request's path (for 405 and ``Allow``)."""
+    return sorted(
+        {
+            method
+            for route in _routes(getattr(app, "routes", ()))
+            if route.matches(dict(scope))[0] != Match.NONE
+            for method in getattr(route, "methods", None) or ()
+        }
+    )
+
+
 def _endpoint(scope: Scope) -> str:
-    """The matched route template (bounded label values); 'other' for unknown paths."""
+    """The route template (bounded label values): the matched one, or, for a request
+    refused before routing, the one that would have served it; 'other' for unknown paths."""
     route = scope.get("route")
+    if getattr(route, "endpoint", None) is None or getattr(route, "path", "") in (
+        "",
+        "/{path:path}",
+    ):
+        route = matched_route(scope.get("app"), scope) if scope.get("app") is not None else None
     path = getattr(route, "path", None)
     return f"{scope.get('root_path', '')}{path}" if path else "other"

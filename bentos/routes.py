@@ -166,7 +166,7 @@ async def classify_batch(
     params, uploads = await read_batch(request, s.limits)
     note(request.scope, images=len(uploads))
     # Rate limits charge per image: the request paid for one, these are the others.
-    await charge(request, principal, cost=len(uploads) - 1)
+    await charge(request, principal, cost=len(uploads) - 1, paid=1)
     readable = [i for i, u in enumerate(uploads) if u.error is None]
     for upload in uploads:
         if upload.error is not None:

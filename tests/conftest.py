@@ -284,10 +284,12 @@ def running_server(
         if not (home / "models").exists():
             (home / "models").symlink_to(TEST_HOME / "models", target_is_directory=True)
         env = {"BENTOML_HOME": str(home), **env}
-    # Unlimited unless a test sets a limit: the suites send hundreds of requests.
+    # Unlimited unless a test sets a limit: the suites send hundreds of requests, and
+    # hundreds of deliberately bad keys, all from 127.0.0.1.
     env = {
         "IMAGEIQ_DATA_DIR": str(log.parent / "data"),
         "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
+        "IMAGEIQ_AUTH_FAILURES_BURST": "1000000",
         **env,
     }
     key = prepare_database(env) if migrate else ""
