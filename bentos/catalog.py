@@ -1,15 +1,16 @@
 """Stored images, feedback, statistics and model activation: the /v1 endpoints over the
 metadata database (:mod:`imageiq.catalog`) and the object store.
 
-Reading stored images and stats, and giving feedback, need the ``label`` scope; deleting an
-image and activating a model need ``admin``. Database work runs in worker threads; a
+Reading stored images and stats, and giving feedback, need the ``label`` scope; the admin
+routes (deleting an image, activating a model) live under ``/admin/`` and need ``admin``,
+so a public ingress can leave that prefix out. Every admin action writes its audit entry in
+the transaction that makes the change. Database work runs in worker threads; a
 database that is down answers 503 ``database_unavailable`` with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import anyio
@@ -19,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bentos.auth import require
 from bentos.catalog_schemas import (
     CONTROL,
+    MOMENT_EXAMPLES,
     SHA256,
     SURROGATE,
     ActivateIn,
@@ -29,6 +31,7 @@ from bentos.catalog_schemas import (
     LabelIn,
     LabelOut,
     StatsOut,
+    parse_moment,
 )
 from bentos.http import note
 from bentos.schemas import ErrorResponse, ModelRefOut
@@ -37,7 +40,7 @@ from imageiq import catalog, errors
 from imageiq.backends import Backends
 from imageiq.db.engine import is_transient
 from imageiq.keys import Principal
-from imageiq.logs import request_id_var
+from imageiq.logs import client_request_id_var, request_id_var
 from imageiq.pool import ModelPool
 from imageiq.registry import get_model
 from imageiq.settings import MODEL_TAG, TAG_PART
@@ -48,6 +51,17 @@ ImageId = Path(pattern=SHA256, description="The image id: its sha256, 64 hex dig
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (401, 403, 404, 422, 429, 503)
 }
+_MOMENT = "ISO 8601: a date (2024-03-10) or a date and time; no zone means UTC."
+
+
+def _moment(description: str) -> Any:
+    """A time in the query string: text, parsed by :func:`parse_moment` (never a number)."""
+    return Query(None, max_length=40, description=description, examples=MOMENT_EXAMPLES)
+
+
+def _requests() -> dict[str, str | None]:
+    """The server's id of the request being served, and the client's, for the records."""
+    return {"request_id": request_id_var.get(), "client_request_id": client_request_id_var.get()}
 
 
 async def _db(backends: Backends, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -87,8 +101,8 @@ async def list_images(
     max_confidence: float | None = Query(None, ge=0.0, le=1.0),
     model: str | None = Query(None, pattern=MODEL_TAG, description="name or name:version."),
     model_version: str | None = Query(None, pattern=rf"^{TAG_PART}$"),
-    created_after: datetime | None = Query(None, description="ISO 8601."),
-    created_before: datetime | None = Query(None, description="ISO 8601."),
+    created_after: str | None = _moment(f"Stored at or after this time. {_MOMENT}"),
+    created_before: str | None = _moment(f"Stored before this time. {_MOMENT}"),
     limit: int = Query(20, ge=1, le=100),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> ImagePage:
@@ -100,7 +114,6 @@ async def list_images(
             raise errors.InvalidParameter(
                 f"{field} must not contain control characters.", details={"field": field}
             )
-    created_after, created_before = _utc(created_after), _utc(created_before)
     name, _, version = (model or "").partition(":")
     where = catalog.ImageFilter(
         label=label,
@@ -109,8 +122,8 @@ async def list_images(
         max_confidence=max_confidence,
         model_name=name or None,
         model_version=model_version or (version if version not in ("", "latest") else None),
-        created_after=created_after,
-        created_before=created_before,
+        created_after=parse_moment("created_after", created_after),
+        created_before=parse_moment("created_before", created_before),
     )
     items, total = await _db(
         _backends(request), catalog.list_images, where, limit=limit, offset=offset
@@ -192,13 +205,14 @@ async def add_label(
         attributes=body.attributes,
         source=body.source,
         created_by=principal.key_id,
+        **_requests(),
     )
     note(request.scope, image=image_id)
     return LabelOut(image=image_id, **row)
 
 
 @router.delete(
-    "/images/{image_id}",
+    "/admin/images/{image_id}",
     response_model=DeletedOut,
     responses=_ERRORS,
     summary="Forget an image: its object, rows and cached predictions",
@@ -208,9 +222,10 @@ async def delete_image(
     image_id: str = ImageId,
     principal: Principal = Depends(require("admin")),
 ) -> DeletedOut:
-    """The right to be forgotten. The object goes first, then every row (image, labels,
-    predictions), then the cache entries; a failure answers 503 and a retry finishes the
-    job. 404 when nothing of the image was known."""
+    """The right to be forgotten. The object goes first, then the cache entries, then
+    every row (image, labels, predictions) together with the audit entry that records it,
+    in one transaction; a failure answers 503 and a retry finishes the job. 404 when
+    nothing of the image was known."""
     backends = _backends(request)
     await anyio.to_thread.run_sync(backends.recorder.forget, image_id)  # no record revives it
     # The object goes whether or not a row names it (an upload whose row was still on its
@@ -218,20 +233,17 @@ async def delete_image(
     key = backends.store.key_for(image_id)
     existed = await anyio.to_thread.run_sync(backends.store.exists, key)
     await anyio.to_thread.run_sync(backends.store.delete, key)
-    deleted = {"object": int(existed)}
-    deleted.update(await _db(backends, catalog.delete_image_rows, image_id))
-    deleted["cache_entries"] = await anyio.to_thread.run_sync(backends.cache.forget, image_id)
+    cached = await anyio.to_thread.run_sync(backends.cache.forget, image_id)
+    deleted = await _db(
+        backends,
+        catalog.delete_image_rows,
+        image_id,
+        removed={"object": int(existed), "cache_entries": cached},
+        actor=principal.key_id,
+        **_requests(),
+    )
     if not any(deleted.values()):
         raise errors.ImageNotFound(f"Nothing is known of image {image_id}.")
-    await _db(
-        backends,
-        catalog.audit,
-        actor=principal.key_id,
-        action="image.delete",
-        target=image_id,
-        detail=deleted,
-        request_id=request_id_var.get(),
-    )
     return DeletedOut(id=image_id, deleted=deleted)
 
 
@@ -239,14 +251,14 @@ async def delete_image(
 async def stats(
     request: Request,
     principal: Principal = Depends(require("label")),
-    since: datetime | None = Query(None, description="ISO 8601, inclusive."),
-    until: datetime | None = Query(None, description="ISO 8601, exclusive."),
+    since: str | None = _moment(f"From this time (inclusive). {_MOMENT}"),
+    until: str | None = _moment(f"Up to this time (exclusive). {_MOMENT}"),
 ) -> StatsOut:
     """Predictions per label, per model version and per day (UTC), the cache hit ratio,
     labels given, stored images."""
-    since, until = _utc(since), _utc(until)
-    found = await _db(_backends(request), catalog.stats, since=since, until=until)
-    return StatsOut(**found, since=since, until=until)
+    since_at, until_at = parse_moment("since", since), parse_moment("until", until)
+    found = await _db(_backends(request), catalog.stats, since=since_at, until=until_at)
+    return StatsOut(**found, since=since_at, until=until_at)
 
 
 @router.post(
@@ -281,28 +293,14 @@ async def activate_model(
         version=model.version,
         metrics=model.card.metrics,
         actor=principal.key_id,
-        request_id=request_id_var.get(),
         previous=previous,
+        **_requests(),
     )
     return ActivateOut(
         model=ModelRefOut(name=model.name, version=model.version),
         previous=previous,
         serving=list(pool.models),
     )
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """A query's date in UTC (no zone: taken as UTC); one that leaves the calendar is a 422."""
-    if moment is None:
-        return None
-    try:
-        return (
-            moment.astimezone(timezone.utc)
-            if moment.tzinfo
-            else moment.replace(tzinfo=timezone.utc)
-        )
-    except (OverflowError, ValueError) as e:
-        raise errors.InvalidParameter(f"Date {moment.isoformat()} is out of range.") from e
 
 
 def _check_known(pool: ModelPool, body: LabelIn) -> None:

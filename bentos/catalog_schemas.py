@@ -3,18 +3,52 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bentos.schemas import ModelRefOut, ScoredLabelOut
+from imageiq import errors
 
 SHA256 = r"^[0-9a-f]{64}$"
 # A label: any printable text (species names have apostrophes, dots, symbols) up to 255
 # characters, without control characters or surrounding spaces.
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SURROGATE = re.compile(r"[\ud800-\udfff]")  # not text: no database can store it
+# The times a query takes: an ISO 8601 calendar date, or a date and time (to the minute or
+# finer, an optional zone: Z or +hh:mm). Nothing shorter: "2024" is a valid ISO 8601 year,
+# but as a bound it is ambiguous (the start of 2024, or its end?), and a bare number was
+# once silently read as Unix seconds. Week and ordinal dates and the basic format
+# (20240310) are refused too: one spelling, the one everybody writes.
+MOMENT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|z|[+-]\d{2}:\d{2})?)?$"
+)
+MOMENT_EXAMPLES = ["2024-03-10", "2024-03-10T12:00:00Z", "2024-03-10T14:00:00+02:00"]
+
+
+def parse_moment(field: str, text: str | None) -> datetime | None:
+    """A query's time, in UTC (a date is its midnight; no zone means UTC), or a 422
+    ``invalid_parameter`` naming the field and the accepted forms."""
+    if text is None:
+        return None
+    expected = "an ISO 8601 date (2024-03-10) or date and time (2024-03-10T12:00:00Z)"
+    if not MOMENT.fullmatch(text):
+        raise errors.InvalidParameter(
+            f"{field} must be {expected}; got {text[:40]!r}.", details={"field": field}
+        )
+    try:
+        moment = datetime.fromisoformat(text.upper().replace(" ", "T"))
+        return (
+            moment.astimezone(timezone.utc)
+            if moment.tzinfo
+            else moment.replace(tzinfo=timezone.utc)
+        )
+    except (OverflowError, ValueError) as e:  # 2024-02-30, 25:00, year 1 in UTC-01:00
+        raise errors.InvalidParameter(
+            f"{field} is not a real date and time: {text[:40]!r}.", details={"field": field}
+        ) from e
 
 
 def _check_text(value: str, what: str, limit: int) -> str:

@@ -26,7 +26,8 @@ import anyio
 from starlette.types import Scope
 
 from imageiq import errors
-from imageiq.keys import ANONYMOUS, Principal, key_id_of
+from imageiq.audit import presented_key_id
+from imageiq.keys import ANONYMOUS, Principal
 from imageiq.logs import client_request_id_var, request_id_var
 from imageiq.metrics import metrics
 from imageiq.ratelimit import LocalGCRA
@@ -77,7 +78,7 @@ class Gate:
                     self._checking -= 1
         except errors.Unauthorized as e:
             self._failed(client)
-            self.denied(scope, backends, e, key_id=key_id_of(header))
+            self.denied(scope, backends, e, key_id=presented_key_id(header))
             raise
         limit = self.settings.max_in_flight_per_key
         if self._per_key[principal.key_id] >= limit:

@@ -1,7 +1,7 @@
 """The service's connections, opened together from the settings: the metadata database,
 the object store, Redis (cache and rate limits) and the API keys, plus the recorder that
-writes the prediction log. The service builds one at start-up and closes it at shutdown;
-the CLI builds the parts it needs.
+writes the prediction log and the denial log that audits refused attempts. The service
+builds one at start-up and closes it at shutdown; the CLI builds the parts it needs.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from imageiq.audit import DenialLog
 from imageiq.cache import PredictionCache, build_cache
 from imageiq.db.engine import check_migrated, describe, make_engine
 from imageiq.health import Dependency
@@ -44,6 +45,7 @@ class Backends:
     limiter: RateLimiter
     keys: KeyRing
     recorder: Recorder
+    denials: DenialLog
 
     @classmethod
     def open(cls, settings: Settings) -> Backends:
@@ -82,15 +84,22 @@ class Backends:
             cache=build_cache(settings, redis),
             limiter=build_limiter(settings, redis),
             keys=KeyRing(
-                engine, pepper=settings.pepper, ttl_s=settings.auth_cache_ttl_s, database=database
+                engine,
+                pepper=settings.pepper,
+                ttl_s=settings.auth_cache_ttl_s,
+                stale_grace_s=settings.auth_stale_grace_s,
+                database=database,
             ),
             recorder=recorder,
+            denials=DenialLog(engine, database=database),
         )
 
     def start(self) -> None:
         self.recorder.start()
+        self.denials.start()
 
     def close(self) -> None:
+        self.denials.close(timeout_s=5.0)
         self.recorder.close(timeout_s=10.0)
         if self.redis is not None:
             self.redis.close()

@@ -4,6 +4,7 @@ plain functions over an engine, so the service stays a thin layer and tests need
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -74,9 +75,13 @@ def get_image(engine: Engine, sha256: str) -> dict[str, Any]:
             .limit(20)
         ).all()
         labels = session.scalars(
-            select(Label).where(Label.image_sha256 == sha256).order_by(Label.created_at.desc())
+            select(Label)
+            .where(Label.image_sha256 == sha256)
+            .order_by(Label.created_at.desc(), Label.id.desc())
         ).all()
-        out = _image_out(image, predictions[0] if predictions else None, None)
+        out = _image_out(
+            image, predictions[0] if predictions else None, labels[0] if labels else None
+        )
         out["predictions"] = [_prediction_out(p) for p in predictions]
         out["labels"] = [_label_out(label) for label in labels]
         return out
@@ -90,7 +95,11 @@ def add_label(
     attributes: dict[str, str],
     source: str,
     created_by: str | None,
+    request_id: str | None = None,
+    client_request_id: str | None = None,
 ) -> dict[str, Any]:
+    """A label for a stored image. One given with the admin scope (``source`` admin or
+    model) is an admin action: its ``label.add`` audit entry commits with it."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         if session.get(Image, sha256) is None:
             raise errors.ImageNotFound(
@@ -103,6 +112,8 @@ def add_label(
             attributes=attributes,
             source=source,
             created_by=created_by,
+            request_id=request_id,
+            client_request_id=client_request_id,
         )
         session.add(row)
         try:
@@ -110,20 +121,60 @@ def add_label(
         except IntegrityError as e:  # the image was deleted meanwhile
             raise errors.ImageNotFound(f"No stored image {sha256}.") from e
         session.refresh(row)
+        if source != "user":
+            session.add(
+                AuditEntry(
+                    actor=created_by,
+                    action="label.add",
+                    target=sha256,
+                    detail={
+                        "label_id": row.id,
+                        "label": label,
+                        "attributes": attributes,
+                        "source": source,
+                    },
+                    request_id=request_id,
+                    client_request_id=client_request_id,
+                )
+            )
     return _label_out(row)
 
 
-def delete_image_rows(engine: Engine, sha256: str) -> dict[str, int]:
-    """Every row of an image (its own, its labels, its predictions), in one transaction."""
+def delete_image_rows(
+    engine: Engine,
+    sha256: str,
+    *,
+    removed: Mapping[str, int] | None = None,
+    actor: str | None = None,
+    request_id: str | None = None,
+    client_request_id: str | None = None,
+) -> dict[str, int]:
+    """Every row of an image (its own, its labels, its predictions) and the
+    ``image.delete`` audit entry, in one transaction: no deletion without its entry, no
+    entry for a deletion that did not happen. ``removed`` counts what went before the rows
+    (the object, cache entries) for the entry; when nothing at all went, no entry is
+    written. Returns ``removed`` with the rows' counts."""
     with Session(engine) as session, session.begin():
-        counts = {
-            name: int(getattr(session.execute(statement), "rowcount", 0))
+        counts = dict(removed or {})
+        counts.update(
+            (name, int(getattr(session.execute(statement), "rowcount", 0)))
             for name, statement in (
                 ("labels", delete(Label).where(Label.image_sha256 == sha256)),
                 ("predictions", delete(Prediction).where(Prediction.image_sha256 == sha256)),
                 ("images", delete(Image).where(Image.sha256 == sha256)),
             )
-        }
+        )
+        if any(counts.values()):
+            session.add(
+                AuditEntry(
+                    actor=actor,
+                    action="image.delete",
+                    target=sha256,
+                    detail=counts,
+                    request_id=request_id,
+                    client_request_id=client_request_id,
+                )
+            )
     return counts
 
 
@@ -200,6 +251,7 @@ def activate_model(
     actor: str | None,
     request_id: str | None,
     previous: str | None,
+    client_request_id: str | None = None,
 ) -> None:
     """Mark ``name:version`` active, retire the one it replaces (``previous``, a tag, and
     any other marked active) and audit it."""
@@ -218,6 +270,7 @@ def activate_model(
                 target=f"{name}:{version}",
                 detail={"previous": previous},
                 request_id=request_id,
+                client_request_id=client_request_id,
             )
         )
 
@@ -230,11 +283,17 @@ def audit(
     target: str | None,
     detail: dict[str, Any],
     request_id: str | None = None,
+    client_request_id: str | None = None,
 ) -> None:
     with Session(engine) as session, session.begin():
         session.add(
             AuditEntry(
-                actor=actor, action=action, target=target, detail=detail, request_id=request_id
+                actor=actor,
+                action=action,
+                target=target,
+                detail=detail,
+                request_id=request_id,
+                client_request_id=client_request_id,
             )
         )
 
@@ -269,11 +328,9 @@ def _filtered(where: ImageFilter) -> Select[Any]:
 def _latest(session: Session, table: Any, shas: list[str]) -> dict[str, Any]:
     if not shas:
         return {}
-    rank = (
-        func.row_number()
-        .over(partition_by=table.image_sha256, order_by=table.created_at.desc())
-        .label("rank")
-    )
+    # Labels made in the same instant: the later row is the latest.
+    order = [table.created_at.desc(), *([table.id.desc()] if table is Label else [])]
+    rank = func.row_number().over(partition_by=table.image_sha256, order_by=order).label("rank")
     inner = select(table, rank).where(table.image_sha256.in_(shas)).subquery()
     rows = session.execute(select(table).from_statement(select(inner).where(inner.c.rank == 1)))
     return {row.image_sha256: row for (row,) in rows}

@@ -42,7 +42,7 @@ from imageiq.cache import cache_key
 from imageiq.db.engine import is_transient
 from imageiq.inference import ModelIO, ScoredLabel
 from imageiq.keys import Principal
-from imageiq.logs import request_id_var
+from imageiq.logs import client_request_id_var, request_id_var
 from imageiq.metrics import metrics
 from imageiq.pool import ServedModel
 from imageiq.records import ImageRecord, PredictionRecord, as_row
@@ -325,6 +325,7 @@ class Classification:
                 cached=classified.cached,
                 api_key_id=principal.key_id,
                 request_id=request_id,
+                client_request_id=client_request_id_var.get(),
             )
         )
         return ImageResult(classified=classified)

@@ -100,7 +100,11 @@ def create_key(
                 actor=actor,
                 action="key.create",
                 target=key_id,
-                detail={"name": row.name, "scopes": row.scopes},
+                detail={
+                    "name": row.name,
+                    "scopes": row.scopes,
+                    "rate_limit_per_minute": rate_limit_per_minute,
+                },
             )
         )
     return f"iiq_{key_id}_{secret}", row
@@ -118,7 +122,11 @@ def revoke_key(engine: Engine, key_id: str, *, actor: str | None = None) -> ApiK
             raise errors.KeyNotFound(f"No API key with id {key_id!r}.")
         if row.revoked_at is None:
             row.revoked_at = datetime.now(timezone.utc)
-            session.add(AuditEntry(actor=actor, action="key.revoke", target=key_id, detail={}))
+            session.add(
+                AuditEntry(
+                    actor=actor, action="key.revoke", target=key_id, detail={"name": row.name}
+                )
+            )
         return row
 
 
@@ -126,12 +134,6 @@ def _bearer(authorization: str) -> re.Match[str] | None:
     """The key id and secret of ``Bearer iiq_<id>_<secret>``; None for anything else."""
     scheme, _, token = authorization.strip().partition(" ")
     return _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
-
-
-def key_id_of(authorization: str | None) -> str | None:
-    """The key id of a well-formed bearer key (never its secret); None for anything else."""
-    match = _bearer(authorization or "")
-    return match.group(1) if match else None
 
 
 class KeyRing:

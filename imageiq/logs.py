@@ -37,7 +37,7 @@ class OneLineFormatter(logging.Formatter):
     filename, a header) are written escaped (``\\x0a``), so no client text can start a
     line that looks like a record of its own. A traceback keeps its lines."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         return super().formatMessage(record).translate(_CONTROLS)
 
 

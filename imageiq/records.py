@@ -30,7 +30,8 @@ class PredictionRecord:
     latency_ms: float
     cached: bool = False
     api_key_id: str | None = None
-    request_id: str | None = None
+    request_id: str | None = None  # the server's id of the request
+    client_request_id: str | None = None  # the X-Request-ID the client sent, if any
     created_at: datetime = field(default_factory=utcnow)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 

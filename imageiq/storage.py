@@ -1,7 +1,12 @@
 """Where stored uploads live: an S3 bucket, or files under ``data_dir/images``.
 
 Objects are content-addressed (their SHA-256 names them), so storing the same image twice
-keeps one copy and a retried put is harmless. Every name is checked against ``[0-9a-f]{64}``
+keeps one copy and a retried put is harmless. The name is the hash of the bytes the client
+sent; what is stored is those bytes without personal metadata (EXIF with its GPS position,
+XMP, IPTC, comments: :mod:`imageiq.privacy`), unless the store is told to keep it
+(``keep_image_metadata``). Removing it here, in the one place every upload passes through
+(a request's own store, or the recorder's retry after an outage), leaves no path that
+stores an image with it. Every name is checked against ``[0-9a-f]{64}``
 and every key against the one this store would produce, so nothing a client sends can reach
 another path or object. Outages go through :class:`imageiq.health.Dependency`: logged once,
 then refused at once during the cool-down instead of costing every request a timeout.
@@ -20,6 +25,7 @@ from typing import Any, TypeVar
 
 from imageiq.errors import ConfigurationError, ImageNotFound, StorageUnavailable
 from imageiq.health import Dependency
+from imageiq.privacy import strip_metadata
 from imageiq.settings import Settings
 
 T = TypeVar("T")
@@ -40,19 +46,24 @@ class ObjectStore(ABC):
     # Errors that mean "the store is unreachable or broken", as opposed to a bad argument.
     _errors: tuple[type[BaseException], ...] = (OSError,)
 
-    def __init__(self, *, where: str) -> None:
+    def __init__(self, *, where: str, keep_metadata: bool = False) -> None:
         self.where = where  # for messages: bucket and endpoint, or the directory
+        self.keep_metadata = keep_metadata
         self.dependency = Dependency("storage", backend=self.backend)
 
     @abstractmethod
     def key_for(self, sha256: str) -> str: ...
 
     def put(self, sha256: str, data: bytes, *, content_type: str) -> str:
-        """Store ``data`` under its hash and return the key. The hash is recomputed: a wrong
-        one would file the image under another image's name, for good."""
+        """Store ``data`` under its hash, without its personal metadata unless the store
+        keeps it, and return the key. The hash is recomputed from the bytes as sent: a
+        wrong one would file the image under another image's name, for good. Slow for a
+        large image (it walks the file): call it from a worker thread."""
         key = self.key_for(sha256)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ValueError(f"data does not hash to {sha256}")
+        if not self.keep_metadata:
+            data = strip_metadata(data)
         self._call(lambda: self._put(key, sha256, data, content_type))
         return key
 
@@ -115,9 +126,9 @@ class LocalStore(ObjectStore):
 
     backend = "local"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, keep_metadata: bool = False) -> None:
         self.root = root
-        super().__init__(where=f"directory {root}")
+        super().__init__(where=f"directory {root}", keep_metadata=keep_metadata)
 
     def key_for(self, sha256: str) -> str:
         sha256 = _checked_sha(sha256)
@@ -178,7 +189,14 @@ class S3Store(ObjectStore):
 
     backend = "s3"
 
-    def __init__(self, *, bucket: str, prefix: str, endpoint_url: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str,
+        endpoint_url: str | None,
+        keep_metadata: bool = False,
+    ) -> None:
         if endpoint_url and "@" in endpoint_url.partition("//")[2].partition("/")[0]:
             # It would be echoed in every error message and log line; boto3 ignores it anyway.
             raise ConfigurationError("s3_endpoint_url must not hold credentials (user:pass@)")
@@ -193,7 +211,9 @@ class S3Store(ObjectStore):
         )
         # A session of our own: boto3's default session is not thread-safe to create from.
         self.client: Any = Session().client("s3", endpoint_url=endpoint_url, config=config)
-        super().__init__(where=f"S3 bucket {bucket!r} at {endpoint_url or 'AWS'}")
+        super().__init__(
+            where=f"S3 bucket {bucket!r} at {endpoint_url or 'AWS'}", keep_metadata=keep_metadata
+        )
 
     def key_for(self, sha256: str) -> str:
         return f"{self.prefix}{_checked_sha(sha256)}"
@@ -209,7 +229,9 @@ class S3Store(ObjectStore):
             raise
 
     def _put(self, key: str, sha256: str, data: bytes, content_type: str) -> None:
-        metadata = {"sha256": sha256}  # lets an audit re-check objects without a database
+        # Lets an audit re-check objects without a database: the upload's hash names the
+        # object, and the stored bytes' own hash differs when metadata was removed.
+        metadata = {"sha256": sha256, "content-sha256": hashlib.sha256(data).hexdigest()}
         self.client.put_object(
             Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata
         )
@@ -241,7 +263,10 @@ def _code(error: BaseException | None) -> str:
 
 def build_store(settings: Settings) -> ObjectStore:
     """The bucket when one is configured, else the data directory."""
+    keep = settings.keep_image_metadata
     if settings.s3_bucket:
         bucket, prefix = settings.s3_bucket, settings.s3_prefix
-        return S3Store(bucket=bucket, prefix=prefix, endpoint_url=settings.s3_endpoint_url)
-    return LocalStore(settings.data_dir / "images")
+        return S3Store(
+            bucket=bucket, prefix=prefix, endpoint_url=settings.s3_endpoint_url, keep_metadata=keep
+        )
+    return LocalStore(settings.data_dir / "images", keep_metadata=keep)

@@ -158,13 +158,20 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             row.id,
             row.name,
             ",".join(row.scopes),
-            str(row.rate_limit_per_minute or "default"),
+            _rate_text(row.rate_limit_per_minute),
             f"{row.created_at:%Y-%m-%d %H:%M}",
             f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "",
         )
     # Piped output is not cut to 80 columns.
     (console if console.is_terminal else Console(width=200)).print(table)
     return 0
+
+
+def _rate_text(per_minute: int | None) -> str:
+    """A key's own limit: none set follows IMAGEIQ_RATE_LIMIT_PER_MINUTE, 0 is no limit."""
+    if per_minute is None:
+        return "default"
+    return "unlimited" if per_minute == 0 else f"{per_minute}/min"
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:

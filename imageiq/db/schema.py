@@ -114,7 +114,8 @@ class Prediction(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     api_key_id: Mapped[str | None] = mapped_column(String(64))
-    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))  # the server's
+    client_request_id: Mapped[str | None] = mapped_column(String(64))  # the X-Request-ID sent
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
     __table_args__ = (Index("ix_predictions_model", "model_name", "model_version"),)
@@ -136,6 +137,8 @@ class Label(Base):
     created_at: Mapped[datetime] = mapped_column(
         UtcDateTime, default=utcnow, server_default=_now(), index=True
     )
+    request_id: Mapped[str | None] = mapped_column(String(64))  # the server's
+    client_request_id: Mapped[str | None] = mapped_column(String(64))  # the X-Request-ID sent
 
     __table_args__ = (CheckConstraint(f"source IN {LABEL_SOURCES}", name="source"),)
 
@@ -177,7 +180,11 @@ class ApiKey(Base):
 
 
 class AuditEntry(Base):
-    """Who did what: key management, model activation, deletion, label corrections."""
+    """Who did what: key management, model activation, deletion, admin labels, and every
+    refused attempt (``auth.denied``). ``actor`` is the key id presented, also when the
+    attempt was refused (never the secret); ``request_id`` is the server's own id of the
+    request, ``client_request_id`` the ``X-Request-ID`` the client sent, kept apart because
+    a client chooses it freely."""
 
     __tablename__ = "audit_log"
 
@@ -190,3 +197,4 @@ class AuditEntry(Base):
     target: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     request_id: Mapped[str | None] = mapped_column(String(64))
+    client_request_id: Mapped[str | None] = mapped_column(String(64))

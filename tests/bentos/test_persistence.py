@@ -119,7 +119,7 @@ def test_delete_forgets_object_rows_and_cache(
     assert classify(served, data)["cached"] is True
     assert served.post(f"/v1/images/{sha}/labels", json={"label": "2"}).status_code == 201
     wait_for(lambda: stack.count(Prediction, Prediction.image_sha256 == sha) == 2, what="rows")
-    resp = served.delete(f"/v1/images/{sha}")
+    resp = served.delete(f"/v1/admin/images/{sha}")
     assert resp.status_code == 200, resp.text
     deleted = resp.json()["deleted"]
     assert deleted["object"] == 1 and deleted["images"] == 1 and deleted["labels"] == 1
@@ -130,7 +130,7 @@ def test_delete_forgets_object_rows_and_cache(
         assert stack.count(table, column == sha) == 0
     assert redis.Redis.from_url(stack.redis.url).keys(f"imageiq:*{sha}*") == []
     assert served.get(f"/v1/images/{sha}").status_code == 404
-    assert served.delete(f"/v1/images/{sha}").status_code == 404
+    assert served.delete(f"/v1/admin/images/{sha}").status_code == 404
     assert stack.count(AuditEntry, AuditEntry.action == "image.delete") >= 1
     assert classify(served, data)["cached"] is False  # classified afresh
 

@@ -24,7 +24,7 @@ V1 = [
     ("GET", f"/v1/images/{'a' * 64}"),
     ("GET", f"/v1/images/{'a' * 64}/content"),
     ("POST", f"/v1/images/{'a' * 64}/labels"),
-    ("DELETE", f"/v1/images/{'a' * 64}"),
+    ("DELETE", f"/v1/admin/images/{'a' * 64}"),
     ("GET", "/v1/stats"),
     ("POST", "/v1/admin/models/imageiq-classifier/activate"),
 ]
@@ -129,9 +129,9 @@ def test_scopes(served: Server, stack: Stack, digits_dir: Path) -> None:
         (label_only, "GET", "/v1/models", 403),
         (label_only, "GET", "/v1/images", 200),
         (label_only, "GET", "/v1/stats", 200),
-        (label_only, "DELETE", f"/v1/images/{sha}", 403),
+        (label_only, "DELETE", f"/v1/admin/images/{sha}", 403),
         (label_only, "POST", "/v1/admin/models/imageiq-classifier/activate", 403),
-        (classify_only, "DELETE", f"/v1/images/{sha}", 403),
+        (classify_only, "DELETE", f"/v1/admin/images/{sha}", 403),
     ]
     for key, method, path, status in cases:
         kwargs = {"json": {"label": "1"}} if path.endswith("labels") else {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -349,8 +350,11 @@ def test_get_image(engine: Engine, gallery: dict[str, str]) -> None:
     assert [p["model"]["version"] for p in cat["predictions"]] == ["v2", "v1"]  # newest first
     assert cat["prediction"] == cat["predictions"][0]
     assert [label["label"] for label in cat["labels"]] == ["cat"]
+    assert cat["label"] == cat["labels"][0]  # the latest label, as in the list
     dog = catalog.get_image(engine, gallery["dog"])
     assert [label["label"] for label in dog["labels"]] == ["dog", "wolf"]
+    assert dog["label"]["label"] == "dog"
+    assert catalog.get_image(engine, gallery["bird"])["label"] is None
     with pytest.raises(errors.ImageNotFound) as missing:
         catalog.get_image(engine, sha(99))  # predicted, never stored
     assert missing.value.status == 404
@@ -379,6 +383,46 @@ def test_add_label(engine: Engine, gallery: dict[str, str]) -> None:
     labels = catalog.get_image(engine, gallery["bird"])["labels"]
     assert {label["label"] for label in labels} == {"sparrow", None}
     assert ids(engine, ImageFilter(label="sparrow")) == [gallery["bird"]]
+    assert _audit(engine) == [  # the admin-scope label (source model) is audited, not the user's
+        (
+            None,
+            "label.add",
+            gallery["bird"],
+            {"label_id": labels[0]["id"], "label": None, "attributes": {}, "source": "model"},
+            None,
+        )
+    ]
+
+
+def test_an_admin_label_and_its_audit_entry_carry_both_request_ids(
+    engine: Engine, gallery: dict[str, str]
+) -> None:
+    out = catalog.add_label(
+        engine,
+        gallery["cat"],
+        label="lynx",
+        attributes={"shiny": "no"},
+        source="admin",
+        created_by="k9",
+        request_id="srv-1",
+        client_request_id="cli-1",
+    )
+    with engine.connect() as connection:
+        row = connection.execute(select(Label).where(Label.id == out["id"])).one()
+        entry = connection.execute(select(AuditEntry)).one()
+    assert (row.request_id, row.client_request_id) == ("srv-1", "cli-1")
+    assert (entry.actor, entry.action, entry.target) == ("k9", "label.add", gallery["cat"])
+    assert entry.detail == {
+        "label_id": out["id"],
+        "label": "lynx",
+        "attributes": {"shiny": "no"},
+        "source": "admin",
+    }
+    assert (entry.request_id, entry.client_request_id) == ("srv-1", "cli-1")
+    # The newest label is the image's label, in the list and in the detail alike.
+    assert catalog.get_image(engine, gallery["cat"])["label"]["label"] == "lynx"
+    found, _ = catalog.list_images(engine, ImageFilter(label="lynx"), limit=5, offset=0)
+    assert found[0]["label"]["label"] == "lynx"
 
 
 def test_add_label_to_an_image_not_stored(engine: Engine, gallery: dict[str, str]) -> None:
@@ -422,6 +466,77 @@ def test_delete_image_rows(engine: Engine, gallery: dict[str, str]) -> None:
         "predictions": 0,
         "images": 0,
     }
+    # Each deletion that removed something is in the audit log; the last one removed nothing.
+    assert [(a, t, d["images"]) for _, a, t, d, _ in _audit(engine)] == [
+        ("image.delete", gallery["dog"], 1),
+        ("image.delete", sha(99), 0),
+    ]
+
+
+def test_a_deletion_and_its_audit_entry_commit_together(
+    engine: Engine, gallery: dict[str, str]
+) -> None:
+    deleted = catalog.delete_image_rows(
+        engine,
+        gallery["cat"],
+        removed={"object": 1, "cache_entries": 3},
+        actor="k1",
+        request_id="srv-7",
+        client_request_id="cli-7",
+    )
+    assert deleted == {"object": 1, "cache_entries": 3, "labels": 1, "predictions": 2, "images": 1}
+    with engine.connect() as connection:
+        entry = connection.execute(select(AuditEntry)).one()
+    assert (entry.actor, entry.action, entry.target, entry.detail) == (
+        "k1",
+        "image.delete",
+        gallery["cat"],
+        deleted,
+    )
+    assert (entry.request_id, entry.client_request_id) == ("srv-7", "cli-7")
+    # Only the object was left (a retry after the rows went): still an entry of its own.
+    again = catalog.delete_image_rows(engine, gallery["cat"], removed={"object": 1}, actor="k1")
+    assert again == {"object": 1, "labels": 0, "predictions": 0, "images": 0}
+    assert len(_audit(engine)) == 2
+
+
+def test_a_deletion_whose_audit_entry_fails_deletes_nothing(
+    engine: Engine, gallery: dict[str, str]
+) -> None:
+    with _audit_refused(engine), pytest.raises(Exception, match="audit refused"):
+        catalog.delete_image_rows(engine, gallery["cat"], actor="k1")
+    assert catalog.find_image(engine, gallery["cat"]) is not None  # rolled back, all of it
+    assert len(catalog.get_image(engine, gallery["cat"])["labels"]) == 1
+    assert len(catalog.get_image(engine, gallery["cat"])["predictions"]) == 2
+    assert _audit(engine) == []
+
+
+@contextmanager
+def _audit_refused(engine: Engine) -> Iterator[None]:
+    """A trigger that refuses every new audit entry, while the block runs."""
+    if engine.dialect.name == "postgresql":
+        create = [
+            "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'audit refused'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+        ]
+        drop = ["DROP TRIGGER no_audit ON audit_log", "DROP FUNCTION refuse_audit()"]
+    else:
+        create = [
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+            "BEGIN SELECT RAISE(ABORT, 'audit refused'); END"
+        ]
+        drop = ["DROP TRIGGER no_audit"]
+    with engine.begin() as connection:
+        for statement in create:
+            connection.execute(text(statement))
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            for statement in drop:
+                connection.execute(text(statement))
 
 
 # --- stats -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ test stops): minting, what is stored, checking, caching, revoking."""
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,19 +280,24 @@ def postgres() -> Iterator[PostgresServer]:
         server.destroy()
 
 
-def test_database_down_known_keys_keep_working_unseen_ones_get_503(
+def test_database_down_known_keys_work_stale_for_the_grace_unseen_ones_get_503(
     postgres: PostgresServer,
 ) -> None:
     engine = make_engine(postgres.url, timeout_s=1)
     try:
         upgrade(engine)
         seen, unseen = _key(engine, ["label"], name="seen"), _key(engine, name="unseen")
-        ring = KeyRing(engine, pepper=PEPPER, ttl_s=0.2)
-        assert ring.authenticate(f"Bearer {seen}").name == "seen"
+        ring = KeyRing(engine, pepper=PEPPER, ttl_s=0.2, stale_grace_s=3.0)
+        strict = KeyRing(engine, pepper=PEPPER, ttl_s=0.2)  # no grace: fail closed
+        fresh = ring.authenticate(f"Bearer {seen}")
+        assert fresh.name == "seen" and not fresh.stale
+        strict.authenticate(f"Bearer {seen}")
         postgres.stop()
         time.sleep(0.25)  # past the ttl: the ring asks the database, which is down
         who = ring.authenticate(f"Bearer {seen}")
-        assert (who.name, who.scopes) == ("seen", frozenset({"label"}))
+        assert (who.name, who.scopes, who.stale) == ("seen", frozenset({"label"}), True)
+        with pytest.raises(errors.DatabaseUnavailable):
+            strict.authenticate(f"Bearer {seen}")
         with pytest.raises(errors.DatabaseUnavailable) as down:
             ring.authenticate(f"Bearer {unseen}")
         assert (down.value.status, down.value.code) == (503, "database_unavailable")
@@ -301,10 +307,31 @@ def test_database_down_known_keys_keep_working_unseen_ones_get_503(
         # The cache keeps the right answer for a wrong secret too.
         seen_id = _parts(seen)[0]
         assert _unauthorized(ring, f"Bearer iiq_{seen_id}_{'0' * 48}") == INVALID
+        time.sleep(3.0)  # past the grace too: refused like an unseen key
+        with pytest.raises(errors.DatabaseUnavailable):
+            ring.authenticate(f"Bearer {seen}")
         postgres.start()
         assert ring.authenticate(f"Bearer {unseen}").name == "unseen"
+        assert not ring.authenticate(f"Bearer {seen}").stale
     finally:
         engine.dispose()
+
+
+def test_a_flood_of_unknown_keys_neither_evicts_good_keys_nor_grows_without_bound(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(KeyRing, "UNKNOWN_MAX", 50)
+    ring = KeyRing(engine, pepper=PEPPER, ttl_s=3600)
+    good = _key(engine)
+    ring.authenticate(f"Bearer {good}")
+    for _ in range(500):
+        made_up = f"Bearer iiq_{secrets.token_hex(8)}_{secrets.token_hex(24)}"
+        assert _unauthorized(ring, made_up) == INVALID
+    assert len(ring._unknown) == 50  # bounded
+    assert ring.answers_from_memory(f"Bearer {good}")  # still cached: no database needed
+    engine.dispose()
+    Path(str(engine.url.database)).unlink()  # the database is gone; the good key is not
+    assert ring.authenticate(f"Bearer {good}").name == "tests"
 
 
 def test_answers_from_memory_only_for_a_fresh_cached_row_or_a_malformed_key(

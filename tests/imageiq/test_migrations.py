@@ -196,3 +196,29 @@ def test_describe_hides_the_password() -> None:
     finally:
         engine.dispose()
     assert describe("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_0002_adds_the_client_request_ids_and_keeps_the_rows(empty: Engine) -> None:
+    upgrade(empty, "0001")
+    with empty.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO audit_log (action, detail, request_id) "
+                "VALUES ('key.create', '{}', 'r-1')"
+            )
+        )
+    assert upgrade(empty) == ("0001", head_revision())
+    columns = {
+        table: {c["name"] for c in inspect(empty).get_columns(table)}
+        for table in ("predictions", "audit_log", "labels")
+    }
+    assert {"request_id", "client_request_id"} <= columns["predictions"]
+    assert {"request_id", "client_request_id"} <= columns["audit_log"]
+    assert {"request_id", "client_request_id"} <= columns["labels"]
+    with empty.connect() as connection:
+        row = connection.execute(text("SELECT request_id, client_request_id FROM audit_log")).one()
+    assert tuple(row) == ("r-1", None)
+    command.downgrade(alembic_config(empty), "0001")
+    assert "client_request_id" not in {c["name"] for c in inspect(empty).get_columns("audit_log")}
+    assert upgrade(empty) == ("0001", head_revision())
+    assert _differences(empty) == []

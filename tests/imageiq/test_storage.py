@@ -4,19 +4,29 @@ tests start, stop and restart) for the outage behaviour."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 
 from imageiq.errors import ConfigurationError, ImageNotFound, StorageUnavailable
 from imageiq.settings import Settings
 from imageiq.storage import LocalStore, ObjectStore, S3Store, build_store
 from tests.backends import MotoServer, free_port
 
-DATA = b"\x89PNG\r\n\x1a\n not really a png, but bytes all the same"
+
+def _png() -> bytes:
+    """A real PNG without metadata: stored exactly as sent (nothing to remove)."""
+    out = io.BytesIO()
+    PILImage.new("RGB", (3, 2), (200, 10, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+DATA = _png()
 SHA = hashlib.sha256(DATA).hexdigest()
 OTHER = hashlib.sha256(b"other").hexdigest()
 
@@ -205,7 +215,7 @@ def test_s3_round_trip(aws_env: None, moto: MotoServer, tmp_path: Path) -> None:
     assert key in stored
     head = moto.client().head_object(Bucket=moto.bucket, Key=key)
     assert head["ContentType"] == "image/png"
-    assert head["Metadata"] == {"sha256": SHA}
+    assert head["Metadata"] == {"sha256": SHA, "content-sha256": SHA}  # nothing to remove
     assert store.get(key) == DATA
     assert store.exists(key)
     assert store.put(SHA, DATA, content_type="image/png") == key  # idempotent

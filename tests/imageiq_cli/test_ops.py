@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from imageiq import catalog
-from imageiq.db.engine import make_engine
+from imageiq.db.engine import head_revision, make_engine
 from imageiq.db.schema import AuditEntry, Image, Label, Prediction
 from imageiq.keys import KeyRing, Principal
 from imageiq.settings import Settings
@@ -71,6 +71,9 @@ def create(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return key
 
 
+HEAD = head_revision()
+
+
 def audit_rows(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as connection:
         rows = connection.execute(
@@ -95,14 +98,14 @@ def test_db_current_fails_until_upgraded(
     assert "migration (none)" in flat(out) and "imageiq db upgrade" in flat(out)
     code, out, _ = run(capsys, "db", "upgrade")
     assert code == 0
-    assert "migrated (empty) -> 0001" in flat(out)
+    assert f"migrated (empty) -> {HEAD}" in flat(out)
     assert (data_dir / "imageiq.db").is_file()
     code, out, _ = run(capsys, "db", "current")
     assert code == 0
-    assert "migration 0001, current" in flat(out)
+    assert f"migration {HEAD}, current" in flat(out)
     code, out, _ = run(capsys, "db", "upgrade")
     assert code == 0
-    assert "already at migration 0001" in flat(out)
+    assert f"already at migration {HEAD}" in flat(out)
 
 
 def test_commands_refuse_an_unmigrated_database(
@@ -142,10 +145,10 @@ def test_db_and_keys_on_postgres(
     code, before, _ = run(capsys, "db", "current")
     assert code == 1 and "migration (none)" in flat(before)
     code, upgraded, _ = run(capsys, "db", "upgrade")
-    assert code == 0 and "migrated (empty) -> 0001" in flat(upgraded)
+    assert code == 0 and f"migrated (empty) -> {HEAD}" in flat(upgraded)
     assert "postgresql+psycopg://postgres:***@127.0.0.1" in upgraded
     code, after, _ = run(capsys, "db", "current")
-    assert code == 0 and "migration 0001, current" in flat(after)
+    assert code == 0 and f"migration {HEAD}, current" in flat(after)
     assert "pg-s3cret" not in before + upgraded + after
     key = create(capsys, "--name", "pg", "--scopes", "admin")
     engine = make_engine(url)
@@ -300,6 +303,31 @@ def test_keys_list_and_revoke(
     kept_line = next(line for line in out.splitlines() if other_id in line)
     year = f"{datetime.now(timezone.utc):%Y}"
     assert revoked_line.count(year) == 2 and kept_line.count(year) == 1
+
+
+def test_keys_list_says_which_rate_limit_applies(
+    migrated: Path, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = {
+        name: authenticate(engine, create(capsys, "--name", name, *rate)).key_id
+        for name, rate in (
+            ("unlimited-key", ["--rate-limit", "0"]),
+            ("own-key", ["--rate-limit", "120"]),
+            ("default-key", []),
+        )
+    }
+    code, out, _ = run(capsys, "keys", "list")
+    assert code == 0
+    line = {name: next(x for x in out.splitlines() if key_id in x) for name, key_id in ids.items()}
+    assert "unlimited" in line["unlimited-key"] and "default" not in line["unlimited-key"]
+    assert "120/min" in line["own-key"]
+    assert "default" in line["default-key"]
+    with engine.connect() as connection:
+        details = connection.execute(
+            select(AuditEntry.detail).where(AuditEntry.action == "key.create")
+        ).scalars()
+        limits = [d["rate_limit_per_minute"] for d in details]
+    assert sorted(map(str, limits)) == ["0", "120", "None"]
 
 
 def test_keys_list_piped_keeps_whole_cells(
