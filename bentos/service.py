@@ -37,6 +37,7 @@ import imageiq
 from bentos.catalog import router as catalog_router
 from bentos.http import EnvelopeOutsideApi, RequestGuard, install_error_handlers
 from bentos.inputs import Limits
+from bentos.planes import MetricsOnApiPort, serve_metrics
 from bentos.routes import router as classify_router
 from bentos.state import ServiceState
 from imageiq import catalog, errors
@@ -53,6 +54,7 @@ from imageiq.runner import InferenceThread
 from imageiq.settings import Settings, load_settings
 
 log = logging.getLogger("imageiq.service")
+
 
 def build_api(settings: Settings) -> FastAPI:
     """The public API (mounted at ``/v1``): the routes, the guard and the error envelope."""
@@ -106,6 +108,9 @@ def build_service(settings: Settings) -> Any:
         # Without IMAGEIQ_TRACE_REQUESTS no URL is traced: creating the (unsampled) spans
         # and their attributes cost 0.6 core-ms per request.
         tracing={} if settings.trace_requests else {"excluded_urls": [".*"]},
+        # BentoML's metrics label each request with its raw path: unbounded series. ImageIQ's
+        # (route templates) are served by bentos.planes, on the API port or a port of their own.
+        metrics={"enabled": False},
     )
     @bentoml.asgi_app(api, path="/v1")
     class ImageClassifier:
@@ -160,6 +165,14 @@ def build_service(settings: Settings) -> Any:
                         "reach this port may classify, read, label and delete. For a local "
                         "demo only."
                     )
+            elif settings.api_key_pepper is None:
+                for _ in range(3):
+                    log.warning(
+                        "NO API-KEY PEPPER (IMAGEIQ_API_KEY_PEPPER is unset): keys are hashed "
+                        "with an empty HMAC key, so a copy of the database alone is enough to "
+                        "test guessed keys. Set a random secret of 16+ characters in "
+                        "production (setting or changing it later invalidates every key)."
+                    )
             log.info("serving %s (loading in the background)", list(settings.models))
 
         @bentoml.on_deployment
@@ -175,6 +188,18 @@ def build_service(settings: Settings) -> Any:
                 raise SystemExit(f"imageiq cannot start: {e.message}") from e
             finally:
                 engine.dispose()
+
+        @bentoml.on_deployment
+        def serve_metrics_port() -> None:
+            """With ``IMAGEIQ_METRICS_PORT``: Prometheus metrics on that port, served by this
+            process (the workers' and the model process's, from BentoML's multiprocess
+            directory) for as long as it lives; the API port no longer serves them."""
+            if settings.metrics_port is None:
+                return
+            from bentoml._internal.configuration.containers import BentoMLContainer
+
+            directory = os.path.abspath(BentoMLContainer.prometheus_multiproc_dir.get())
+            serve_metrics(port=settings.metrics_port, directory=directory)
 
         @bentoml.on_deployment
         def start_model_process() -> None:
@@ -248,6 +273,8 @@ def build_service(settings: Settings) -> Any:
     # bentoml.service turns the class into a Service (mypy still sees the class).
     ImageClassifier.models.extend(_declared_models(settings))  # type: ignore[attr-defined]
     ImageClassifier.add_asgi_middleware(EnvelopeOutsideApi)  # type: ignore[attr-defined]
+    if settings.metrics_port is None:
+        ImageClassifier.add_asgi_middleware(MetricsOnApiPort)  # type: ignore[attr-defined]
     return ImageClassifier
 
 

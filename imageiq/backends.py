@@ -21,6 +21,7 @@ from imageiq.ratelimit import RateLimiter, build_limiter
 from imageiq.recorder import Recorder
 from imageiq.redisconn import RedisLink, connect
 from imageiq.settings import Settings
+from imageiq.spool import Spool, instance_name
 from imageiq.storage import ObjectStore, build_store
 
 log = logging.getLogger("imageiq.backends")
@@ -63,7 +64,8 @@ class Backends:
             engine,
             store,
             database=database,
-            spool_dir=settings.data_dir / "spool",
+            spool=Spool(settings.data_dir / "spool", instance=instance_name()),
+            max_bytes=settings.backlog_max_bytes,
             queue_size=settings.record_queue_size,
             batch_size=settings.record_batch_size,
             flush_interval_s=settings.record_flush_interval_s,

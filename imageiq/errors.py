@@ -142,6 +142,13 @@ class Overloaded(ImageIQError):
     status, code = 503, "overloaded"
 
 
+class BacklogFull(ImageIQError):
+    """The records waiting for the database or the object store fill their byte budget:
+    a new one is refused rather than accepted and then lost."""
+
+    status, code = 503, "backlog_full"
+
+
 class DatabaseUnavailable(ImageIQError):
     status, code = 503, "database_unavailable"
 

@@ -1,13 +1,19 @@
 """The prediction log: every served prediction (and every stored image's row) reaches the
 database, off the request path and without loss.
 
-Requests hand records to :meth:`Recorder.record`, which never blocks: a bounded queue that
-one writer thread drains in batches (one transaction, ``INSERT ... ON CONFLICT DO NOTHING``,
-so a replayed record is written once). While the database or the object store is down the
-writer keeps the records, retries with back-off, and moves what exceeds the queue size to
-spool files under ``spool_dir``; those are replayed, oldest first, once it is back, at the
-next start if need be. On shutdown the writer flushes, and spools what it could not write.
-A record is dropped only when its image is forgotten (``DELETE /v1/images/{id}``).
+Requests hand records to :meth:`Recorder.record`, which never blocks and does no disk I/O:
+a queue in memory that one writer thread drains in batches (one transaction, ``INSERT ...
+ON CONFLICT DO NOTHING``, so a replayed record is written once). While the database or the
+object store is down the writer keeps one batch in memory and moves the rest to the spool
+(:class:`imageiq.spool.Spool`, on the pod's volume); an image accepted while they are down
+is written to the spool before the request is answered (:meth:`record_durably`, in a worker
+thread). Spooled records are replayed, oldest first, once the dependency is back, by this
+process or, if it is gone, by whichever instance adopts its spool. On shutdown the writer
+flushes, and spools what it could not write.
+
+What waits (in memory and on disk) is bounded in bytes, ``pending_max_bytes``: past it a
+new record is refused with 503 ``backlog_full`` instead of being accepted. A record is
+dropped only when its image is forgotten (``DELETE /v1/admin/images/{id}``).
 """
 
 from __future__ import annotations
@@ -17,10 +23,8 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -30,20 +34,23 @@ from imageiq.db.engine import is_transient
 from imageiq.db.schema import Image, Prediction
 from imageiq.health import Dependency
 from imageiq.metrics import metrics
-from imageiq.records import (
-    ImageRecord,
-    PredictionRecord,
-    Record,
-    as_row,
-    read_spool,
-    utcnow,
-    write_spool,
-)
+from imageiq.records import ImageRecord, PredictionRecord, Record, as_row, utcnow
+from imageiq.spool import Spool
 from imageiq.storage import ObjectStore
 
 log = logging.getLogger("imageiq.recorder")
 # How long a forgotten image is remembered, to drop its records still in flight.
 _REMEMBER = timedelta(minutes=10)
+# What a record costs in the backlog, besides its image's bytes (its row, its JSON line).
+RECORD_OVERHEAD = 1024
+# Seconds between the writer's heartbeats, and between its looks for orphaned spools.
+_HEARTBEAT_S = 10.0
+_ADOPT_S = 30.0
+
+
+def record_cost(record: Record) -> int:
+    data = record.data if isinstance(record, ImageRecord) else None
+    return RECORD_OVERHEAD + (len(data) * 4 // 3 if data else 0)  # base64 in the spool
 
 
 class Recorder:
@@ -53,48 +60,79 @@ class Recorder:
         store: ObjectStore,
         *,
         database: Dependency,
-        spool_dir: Path,
+        spool: Spool,
+        max_bytes: int,
         queue_size: int,
         batch_size: int,
         flush_interval_s: float,
     ) -> None:
         self._engine, self._store, self.database = engine, store, database
-        self._spool = spool_dir
-        self._rejected = spool_dir / "rejected"
-        self._rejected.mkdir(parents=True, exist_ok=True)
+        self._spool = spool
+        self.max_bytes = max_bytes
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_size)
         self._queue_size, self._batch_size = queue_size, batch_size
         self._interval = flush_interval_s
         self._rows: deque[Record] = deque()  # ready for the database
         self._uploads: deque[ImageRecord] = deque()  # images whose object is not stored yet
-        self._lock = threading.Lock()  # guards the deques, _forgotten and the spool files
+        self._lock = threading.Lock()  # guards the deques, _forgotten and the spool
         self._writing = threading.Lock()  # held while a batch is written (see forget)
         self._forgotten: dict[str, datetime] = {}
-        self._spooled = _count_lines(self._spool)
+        # Bytes of the records in the queue (the request side adds, the writer takes) and
+        # of those the writer holds; the spool counts its own. Read without a lock.
+        self._queued_bytes = 0
+        self._held_bytes = 0
+        self._spooled = spool.records
+        self._spooled_bytes = spool.bytes
+        self._heartbeat_at = self._adopt_at = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="imageiq-recorder", daemon=True)
         self._gauge = metrics().records_pending
         self._written = metrics().records_written
         if self._spooled:
-            log.info("%d spooled records wait to be replayed from %s", self._spooled, spool_dir)
+            log.info("%d spooled records wait to be replayed from %s", self._spooled, spool.dir)
 
     # --- request side -----------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
 
     def record(self, item: Record) -> None:
-        """Accept a record; never blocks. A full queue means the writer is stuck: the record
-        goes straight to a spool file."""
+        """Accept a record; never blocks, never touches the disk. 503 ``backlog_full``
+        when the records waiting (memory and spool) would pass ``max_bytes``, or the queue
+        is full (the writer cannot keep up)."""
+        cost = record_cost(item)
+        self._admit(cost)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            try:
-                with self._lock:
-                    self._write_spool([item])
-            except OSError:
-                log.exception(
-                    "record of image %s lost: queue full and spool unwritable", item.sha256
-                )
+            raise errors.BacklogFull(
+                f"{self._queue_size} records wait to be written, the most this server "
+                "queues; retry shortly.",
+                retry_after=5,
+            ) from None
+        self._queued_bytes += cost
+
+    def record_durably(self, item: Record) -> None:
+        """Accept a record onto the spool (fsynced) before returning, for an image accepted
+        while its store or the database is down: it survives the process being killed.
+        Disk I/O: call it from a worker thread. 503 ``backlog_full`` as :meth:`record`."""
+        self._admit(record_cost(item))
+        with self._lock:
+            self._spool.append([item])
+            self._sync_spool()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the records accepted and not yet written (memory and spool)."""
+        return self._queued_bytes + self._held_bytes + self._spooled_bytes
+
+    def _admit(self, cost: int) -> None:
+        if self.pending_bytes + cost > self.max_bytes:
+            raise errors.BacklogFull(
+                f"{self.pending_bytes} bytes of records wait for the database or the object "
+                f"store, the most this server keeps ({self.max_bytes}); retry later.",
+                details={"pending_bytes": self.pending_bytes, "max_bytes": self.max_bytes},
+                retry_after=30,
+            )
 
     def pending_images(self) -> set[str]:
         # Lock-free (the event loop calls it): list() of a deque is one step under the GIL.
@@ -116,12 +154,9 @@ class Recorder:
             self._forgotten[sha256] = now
             self._rows = deque(r for r in self._rows if r.sha256 != sha256)
             self._uploads = deque(r for r in self._uploads if r.sha256 != sha256)
-            for path in sorted(self._spool.glob("*.jsonl")):
-                records = read_spool(path)
-                kept = [r for r in records if r.sha256 != sha256]
-                if len(kept) != len(records):
-                    self._spooled -= len(records) - len(kept)
-                    write_spool(path, kept)
+            self._held_bytes = self._count_held()
+            self._spool.forget(sha256)
+            self._sync_spool()
         # Records still in the queue are dropped by the writer, which checks _forgotten.
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -137,8 +172,15 @@ class Recorder:
             if left:
                 self._write_spool(left)
                 log.warning(
-                    "shutdown: %d records spooled to %s for the next start", len(left), self._spool
+                    "shutdown: %d records spooled to %s for the next start",
+                    len(left),
+                    self._spool.dir,
                 )
+            self._held_bytes = self._queued_bytes = 0
+            try:
+                self._spool.release()  # the next instance adopts what is left at once
+            except OSError as e:
+                log.error("cannot release the spool %s: %s", self._spool.dir, e)
 
     # --- writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -153,6 +195,7 @@ class Recorder:
             self._gauge.set(self.pending)
             if stopping and (waiting or not batch):
                 return
+            self._look_after_spool()
             if waiting:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -183,9 +226,10 @@ class Recorder:
                 done = {id(r) for r in written}
                 self._rows = deque(r for r in self._rows if id(r) not in done)
             waiting = waiting or db_waiting
-        if waiting:
-            with self._lock:
+        with self._lock:
+            if waiting:
                 self._overflow()
+            self._held_bytes = self._count_held()
         return batch, waiting
 
     def _take(self) -> None:
@@ -197,6 +241,7 @@ class Recorder:
                 taken.extend(self._replay_one())
             for record in taken:
                 self._sort(record)
+            self._held_bytes = self._count_held()
 
     def _sort(self, record: Record) -> None:
         if not self._keep(record):
@@ -249,17 +294,45 @@ class Recorder:
             item = self._queue.get(timeout=self._interval)
         except queue.Empty:
             return
+        cost = record_cost(item)
         with self._lock:
             self._sort(item)
+            self._held_bytes = self._count_held()
+        self._queued_bytes -= cost
 
     def _drain(self, limit: int | None) -> list[Record]:
+        """Take up to ``limit`` records off the queue. The caller holds ``_lock`` and
+        recounts the held bytes before the lock is released."""
         items: list[Record] = []
         while limit is None or len(items) < limit:
             try:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+        taken = sum(record_cost(r) for r in items)
+        self._held_bytes += taken  # before the queue's share goes: never under-counted
+        self._queued_bytes -= taken
         return items
+
+    def _count_held(self) -> int:
+        return sum(record_cost(r) for r in self._rows) + sum(record_cost(r) for r in self._uploads)
+
+    def _look_after_spool(self) -> None:
+        """The heartbeat that keeps this instance's spool its own, and now and then the
+        adoption of the spools of instances that are gone."""
+        now = time.monotonic()
+        if now - self._heartbeat_at < _HEARTBEAT_S:
+            return
+        self._heartbeat_at = now
+        with self._lock:
+            try:
+                self._spool.heartbeat()
+                if now - self._adopt_at >= _ADOPT_S:
+                    self._adopt_at = now
+                    self._spool.adopt_orphans()
+                    self._sync_spool()
+            except OSError as e:
+                log.error("spool upkeep failed: %s", e)
 
     def _keep(self, record: Record) -> bool:
         forgotten = self._forgotten.get(record.sha256)
@@ -316,45 +389,30 @@ class Recorder:
         """Set records aside under spool/rejected/ for an operator: never dropped."""
         if not records:
             return
+        path = self._spool.reject(records)
         if error is not None:
-            log.error("%d records set aside in %s: %s", len(records), self._rejected, error)
-        path = self._rejected / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
-        write_spool(path, records)
+            log.error("%d records set aside in %s: %s", len(records), path, error)
 
     # --- spool ------------------------------------------------------------------------------
     def _overflow(self) -> None:
-        """Keep at most a queue's worth of records in memory while a dependency is down."""
+        """While a dependency is down, keep one batch in memory and spool the rest: on the
+        pod's volume they survive the process, and the memory stays small."""
         for held in (self._rows, self._uploads):
-            while len(held) > self._queue_size:
-                count = min(self._batch_size, len(held) - self._queue_size)
+            while len(held) > self._batch_size:
+                count = min(self._batch_size, len(held) - self._batch_size)
                 chunk: list[Record] = [held.pop() for _ in range(count)]
                 self._write_spool(list(reversed(chunk)))
 
     def _write_spool(self, records: list[Record]) -> None:
-        path = self._spool / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
-        write_spool(path, records)
-        self._spooled += len(records)
+        self._spool.append(records)
+        self._sync_spool()
+
+    def _sync_spool(self) -> None:
+        self._spooled, self._spooled_bytes = self._spool.records, self._spool.bytes
 
     def _replay_one(self) -> list[Record]:
-        files = sorted(self._spool.glob("*.jsonl"))
-        if not files:
-            return []
-        try:
-            records = read_spool(files[0])
-        except (ValueError, TypeError, KeyError, OSError) as e:  # not ours, or damaged
-            log.error("spool file %s cannot be read (%s): moved to %s", files[0], e, self._rejected)
-            files[0].replace(self._rejected / files[0].name)
-            self._spooled = _count_lines(self._spool)
-            return []
-        files[0].unlink()
-        self._spooled -= len(records)
-        log.info("replaying %d spooled records from %s", len(records), files[0].name)
+        records = self._spool.pop_oldest()
+        self._sync_spool()
+        if records:
+            log.info("replaying %d spooled records", len(records))
         return records
-
-
-def _count_lines(spool: Path) -> int:
-    count = 0
-    for path in spool.glob("*.jsonl"):
-        with path.open("rb") as f:
-            count += sum(1 for line in f if line.strip())
-    return count

@@ -218,6 +218,12 @@ class Settings(BaseSettings):
     record_queue_size: int = Field(10_000, ge=10, le=10_000_000)
     record_batch_size: int = Field(500, ge=1, le=100_000)
     record_flush_interval_s: float = Field(0.2, gt=0.0, le=60.0)
+    # Bytes of records (and the images of store=true requests) that may wait for the
+    # database or the object store, in memory and in the spool (data_dir/spool: a
+    # PersistentVolumeClaim in the chart, so they survive the pod). Past it, requests that
+    # would add one get 503 "backlog_full" instead of being accepted. Keep it under the
+    # volume's size.
+    backlog_max_bytes: int = Field(1024 * MiB, ge=MiB)
 
     # The planes: with `metrics_port`, Prometheus metrics are served on that port (all
     # interfaces) and no longer on the API port, so the public Ingress never routes them.

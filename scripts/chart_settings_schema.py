@@ -19,8 +19,11 @@ from typing import Any
 from imageiq.settings import Settings
 
 SCHEMA = Path(__file__).resolve().parents[1] / "helm/imageiq/values.schema.json"
-# Set from Secrets (secrets.*) or by the chart itself (dataVolume.mountPath), never in config.
-NOT_IN_CONFIG = frozenset({"database_url", "redis_url", "api_key_pepper", "api_key", "data_dir"})
+# Set from Secrets (secrets.*) or by the chart itself (dataVolume.mountPath, metrics.port),
+# never in config.
+NOT_IN_CONFIG = frozenset(
+    {"database_url", "redis_url", "api_key_pepper", "api_key", "data_dir", "metrics_port"}
+)
 _KEEP = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "pattern")
 
 

@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select, text
 
+from imageiq import errors
 from imageiq.db.engine import make_engine, upgrade
 from imageiq.db.schema import Image, Prediction
 from imageiq.health import Dependency
 from imageiq.recorder import Recorder
 from imageiq.records import ImageRecord, PredictionRecord, Record, read_spool
+from imageiq.spool import Spool
 from imageiq.storage import LocalStore
 from tests.backends import PostgresServer, migrated
 
@@ -37,6 +39,19 @@ def wait_for(condition: Callable[[], bool], *, what: str, timeout_s: float = 15.
         time.sleep(0.02)
 
 
+def accept(recorder: Recorder, record: Record) -> int:
+    """Records ``record`` as a client would have it: a 503 backlog_full is retried. Returns
+    how many times it was refused first."""
+    refused = 0
+    while True:
+        try:
+            recorder.record(record)
+            return refused
+        except errors.BacklogFull:
+            refused += 1
+            time.sleep(0.01)
+
+
 def count(engine: Engine, table: type[Image] | type[Prediction], **where: Any) -> int:
     query = select(func.count()).select_from(table)
     for column, value in where.items():
@@ -45,10 +60,16 @@ def count(engine: Engine, table: type[Image] | type[Prediction], **where: Any) -
         return int(connection.scalar(query) or 0)
 
 
+def spool_files(spool: Path) -> list[Path]:
+    """The spool files of every instance (not the rejected ones), oldest first."""
+    files = [p for p in spool.glob("*/*.jsonl") if p.parent.name != "rejected"]
+    return sorted(files, key=lambda p: p.name)
+
+
 def spooled(spool: Path) -> list[Record]:
     """What waits in spool files now (a file the writer replays meanwhile is skipped)."""
     records: list[Record] = []
-    for path in sorted(spool.glob("*.jsonl")):
+    for path in spool_files(spool):
         try:
             records.extend(read_spool(path))
         except FileNotFoundError:
@@ -168,6 +189,7 @@ def recorders() -> Iterator[Callable[..., Recorder]]:
         *,
         queue_size: int = 1000,
         batch_size: int = 100,
+        max_bytes: int = 1 << 30,
         start: bool = True,
     ) -> Recorder:
         database = Dependency("database", backend=engine.dialect.name, cooldown_s=0.1)
@@ -175,7 +197,8 @@ def recorders() -> Iterator[Callable[..., Recorder]]:
             engine,
             store,
             database=database,
-            spool_dir=spool,
+            spool=Spool(spool, instance=f"test-{len(made)}"),
+            max_bytes=max_bytes,
             queue_size=queue_size,
             batch_size=batch_size,
             flush_interval_s=0.05,
@@ -424,10 +447,10 @@ def test_overflow_goes_to_spool_files_and_is_replayed(
     recorder = recorders(pg, store, spool, queue_size=queue_size, batch_size=batch_size)
     postgres.stop()
     records = [prediction() for _ in range(200)]
-    for record in records:
-        recorder.record(record)
+    refused = sum(accept(recorder, record) for record in records)
+    assert refused  # the queue filled faster than the writer spooled: refused, not lost
     wait_for(lambda: not recorder.database.up, what="the database reported down")
-    assert list(spool.glob("*.jsonl"))
+    assert spool_files(spool)
 
     # Memory stays bounded while the writer retries: the rest is on disk, nothing is lost.
     samples = []
@@ -446,7 +469,7 @@ def test_overflow_goes_to_spool_files_and_is_replayed(
         lambda: count(pg, Prediction) == 200 and recorder.pending == 0,
         what="every record written after the restart",
     )
-    assert not list(spool.glob("*.jsonl"))
+    assert not spool_files(spool)
     with pg.connect() as connection:
         ids = set(connection.scalars(select(Prediction.id)))
     assert ids == {r.id for r in records}
@@ -477,7 +500,7 @@ def test_close_while_down_spools_and_the_next_start_replays(
     second.start()
     wait_for(lambda: count(pg, Prediction) == 30, what="the spooled records replayed")
     wait_for(lambda: second.pending == 0, what="nothing left pending")
-    assert not list(spool.glob("*.jsonl"))
+    assert not spool_files(spool)
 
 
 # --- forget ----------------------------------------------------------------------------------
@@ -485,9 +508,11 @@ def test_forget_drops_queued_and_spooled_records(
     sqlite: Engine, recorders: Callable[..., Recorder], store: LocalStore, spool: Path
 ) -> None:
     recorder = recorders(sqlite, store, spool, queue_size=10, batch_size=5, start=False)
-    for _ in range(10):  # 10 queued, then 10 spooled
+    for _ in range(5):  # 10 queued, and 10 spooled
         recorder.record(prediction(SHA_A))
         recorder.record(prediction(SHA_B))
+        recorder.record_durably(prediction(SHA_A))
+        recorder.record_durably(prediction(SHA_B))
     assert recorder.pending == 20 and len(spooled(spool)) == 10
 
     recorder.forget(SHA_A)
@@ -515,11 +540,11 @@ def test_forget_during_an_outage_drops_held_records(
     recorder = recorders(pg, store, spool, queue_size=20, batch_size=10)
     postgres.stop()
     for _ in range(30):  # queued, held by the writer and spooled
-        recorder.record(prediction(SHA_A))
-        recorder.record(prediction(SHA_B))
+        accept(recorder, prediction(SHA_A))
+        accept(recorder, prediction(SHA_B))
     # Reported down only after a failed write: the writer holds a batch from then on.
     wait_for(lambda: not recorder.database.up, what="the database reported down")
-    assert list(spool.glob("*.jsonl"))
+    assert spool_files(spool)
     recorder.forget(SHA_A)
     assert SHA_A not in {r.sha256 for r in spooled(spool)}
     # A's records still queued are dropped as the writer takes them in.
@@ -531,7 +556,7 @@ def test_forget_during_an_outage_drops_held_records(
         what="B's records written",
     )
     assert count(pg, Prediction, image_sha256=SHA_A) == 0
-    assert not list(spool.glob("*.jsonl"))
+    assert not spool_files(spool)
 
 
 # --- records the database refuses ------------------------------------------------------------
@@ -588,3 +613,79 @@ def test_refused_record_is_kept_when_the_database_goes_away_mid_retry(
     wait_for(lambda: count(pg, Prediction, id=good.id) == 1, what="the good record")
     wait_for(lambda: recorder.pending == 0, what="nothing left pending")
     assert keys(rejected(spool) + spooled(spool)) == [str(bad.id)]  # set aside, not lost
+
+
+# --- the backlog's byte budget, durability and orphaned spools ---------------------------------
+def test_the_backlog_is_bounded_in_bytes_and_refuses_past_it(
+    postgres: PostgresServer,
+    pg: Engine,
+    recorders: Callable[..., Recorder],
+    store: LocalStore,
+    spool: Path,
+) -> None:
+    budget = 64 * 1024
+    recorder = recorders(pg, store, spool, max_bytes=budget)
+    postgres.stop()
+    accepted: list[Record] = []
+    data = b"x" * 10_000
+    with pytest.raises(errors.BacklogFull) as full:
+        for i in range(100):
+            record = image(data + str(i).encode(), store)
+            recorder.record_durably(record)  # an image accepted while its store is down
+            accepted.append(record)
+    assert full.value.status == 503 and full.value.retry_after
+    assert 3 <= len(accepted) < 10
+    assert recorder.pending_bytes <= budget
+    assert recorder.pending == len(accepted)
+    # On disk before record_durably returned: a process killed now loses none of them.
+    assert {r.sha256 for r in spooled(spool)} == {r.sha256 for r in accepted}
+    with pytest.raises(errors.BacklogFull):  # predictions too: none accepted past it
+        for _ in range(100):
+            recorder.record(prediction())
+            accepted.append(prediction())
+    assert recorder.pending_bytes <= budget
+    postgres.start()
+    images = sum(isinstance(r, ImageRecord) for r in accepted)
+    wait_for(
+        lambda: count(pg, Image) == images and recorder.pending == 0,
+        what="the backlog written once the database is back",
+    )
+    assert recorder.pending_bytes == 0
+    recorder.record(prediction())  # room again
+
+
+def test_a_killed_instances_spool_is_adopted_by_another(
+    sqlite: Engine, recorders: Callable[..., Recorder], store: LocalStore, spool: Path
+) -> None:
+    """A pod replaced mid-outage: its spool, on the shared volume, is replayed by the next."""
+    gone = Spool(spool, instance="gone-pod-1", orphan_after_s=0.5)
+    records = [prediction() for _ in range(12)]
+    gone.append(records[:5])
+    gone.append(records[5:])  # it is killed here: no close, no release
+    fresh = Spool(spool, instance="live-pod", orphan_after_s=0.5)
+    assert fresh.records == 0  # its heartbeat is recent: not adopted yet
+    time.sleep(0.6)
+    assert fresh.adopt_orphans() == 12
+    assert not (spool / "gone-pod-1").exists()
+    taken = fresh.pop_oldest() + fresh.pop_oldest()
+    assert [r.id for r in taken] == [r.id for r in records]  # in order, each once
+    assert fresh.pop_oldest() == [] and fresh.records == 0 and fresh.bytes == 0
+
+
+def test_a_released_spool_is_replayed_by_the_next_start_at_once(
+    postgres: PostgresServer,
+    pg: Engine,
+    recorders: Callable[..., Recorder],
+    store: LocalStore,
+    spool: Path,
+) -> None:
+    first = recorders(pg, store, spool)
+    postgres.stop()
+    records = [prediction() for _ in range(7)]
+    for record in records:
+        first.record(record)
+    first.close(timeout_s=2.0)  # spools and releases
+    postgres.start()
+    second = recorders(pg, store, spool)  # another instance: adopts at its start
+    wait_for(lambda: count(pg, Prediction) == 7, what="the released spool replayed")
+    assert second.pending == 0 and not spool_files(spool)

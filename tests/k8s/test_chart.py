@@ -73,9 +73,11 @@ def test_production_values_render_every_feature() -> None:
 
 
 def test_defaults_turn_optional_features_off() -> None:
+    """Optional features are off, but the NetworkPolicy is a safety default: on."""
     kinds = {kind for kind, _ in objects()}
     assert kinds == {"ConfigMap", "Deployment", "Pod", "PodDisruptionBudget", "Service"} | {
-        "ServiceAccount"
+        "ServiceAccount",
+        "NetworkPolicy",
     }
     assert objects()[("Deployment", "imageiq")]["spec"]["replicas"] == 1
 
@@ -192,6 +194,7 @@ def test_a_canary_shares_the_fleet(replicas: int, weight: int, canary: int, stab
         sets=(
             f"replicaCount={replicas}",
             "secrets.database.existingSecret=db",
+            "config.s3Bucket=imageiq-images",
             "canary.enabled=true",
             f"canary.weight={weight}",
             "canary.image.tag=v4",
@@ -257,7 +260,7 @@ def test_migrations_run_before_the_new_version_serves() -> None:
 def test_monitoring_objects_embed_the_rules_and_dashboards() -> None:
     rendered = objects(CHART / "ci/production-values.yaml")
     monitor = rendered[("ServiceMonitor", "imageiq")]["spec"]["endpoints"][0]
-    assert (monitor["port"], monitor["path"]) == ("http", "/metrics")
+    assert (monitor["port"], monitor["path"]) == ("metrics", "/metrics")
     rules = yaml.safe_load((CHART / "files/prometheus/rules.yaml").read_text())
     assert rendered[("PrometheusRule", "imageiq")]["spec"] == rules
     dashboards = rendered[("ConfigMap", "imageiq-dashboards")]
@@ -296,11 +299,23 @@ def test_values_schema_is_a_valid_schema_and_covers_values_yaml() -> None:
         jsonschema.Draft7Validator(schema).validate(broken)
 
 
-def test_several_pods_need_a_shared_database() -> None:
-    for many in ("replicaCount=2", "autoscaling.enabled=true"):
+def test_several_pods_need_shared_storage() -> None:
+    """A database and stored images that every pod sees: PostgreSQL, and S3 unless images
+    are never stored."""
+    canary = ("canary.enabled=true", "canary.image.tag=v4")
+    for many in (("replicaCount=2",), ("autoscaling.enabled=true",), canary):
         with pytest.raises(RuntimeError, match="shared database"):
-            render(CHART, set_values=[many])
-    render(CHART, set_values=["replicaCount=2", "secrets.database.existingSecret=db"])
+            render(CHART, set_values=list(many))
+        with pytest.raises(RuntimeError, match="shared image storage"):
+            render(CHART, set_values=[*many, "secrets.database.existingSecret=db"])
+        render(
+            CHART,
+            set_values=[*many, "secrets.database.existingSecret=db", "config.s3Bucket=images"],
+        )
+        render(
+            CHART,
+            set_values=[*many, "secrets.database.existingSecret=db", "config.storeImages=never"],
+        )
 
 
 def test_the_network_policy_admits_the_helm_test_pod() -> None:

@@ -206,8 +206,14 @@ def test_alerts_carry_severity_and_annotations() -> None:
     for rule in (r for r in rules() if "alert" in r):
         assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
         assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}, rule["alert"]
+        # A full URL, which Alertmanager and Grafana can open: the chart's default runbook
+        # page (prometheusRule.runbookUrl, which the PrometheusRule swaps in) and the
+        # alert's section of docs/operations.md.
+        page = yaml.safe_load((ROOT / "helm/imageiq/values.yaml").read_text())["prometheusRule"]
+        assert page["runbookUrl"].endswith("/docs/operations.md")
         anchor = rule["alert"].lower()
-        assert rule["annotations"]["runbook_url"] == f"docs/operations.md#{anchor}"
+        assert rule["annotations"]["runbook_url"] == f"{page['runbookUrl']}#{anchor}"
+        assert f"## {rule['alert']}\n" in (ROOT / "docs/operations.md").read_text()
 
 
 # --- Grafana dashboard --------------------------------------------------------------------

@@ -13,6 +13,7 @@ free port instead of 3000 (set through the chart's containerPort value).
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -108,13 +109,16 @@ def pod_and_url(
         yaml.safe_dump(
             {
                 "containerPort": port,
+                "metrics": {"port": _free_port()},
                 "config": {"models": [str(digits_model.tag)], "logFormat": "text"},
                 "serviceMonitor": {"enabled": True},
                 "helmTest": {"apiKeySecret": {"name": "imageiq-test-key", "key": "api-key"}},
             }
         )
     )
-    pod = Pod(load_all(render(CHART, values_files=[values])), tmp / "volumes", secrets={})
+    # The Secrets the chart reads by default: the API-key pepper.
+    pepper = {"imageiq-pepper/pepper": secrets.token_hex(16)}
+    pod = Pod(load_all(render(CHART, values_files=[values])), tmp / "volumes", secrets=pepper)
     # `bentoml containerize` copies the bento's models into it (/home/bentoml/bento/models).
     if not (bento / "models").exists():
         (bento / "models").symlink_to(TEST_HOME / "models", target_is_directory=True)
@@ -213,6 +217,10 @@ def test_the_servicemonitor_scrapes_imageiq_metrics(pod_and_url: tuple[Pod, str]
     # The autoscaler's metric and the readiness gauge the alerts use.
     for name in ("imageiq_requests_in_flight", "imageiq_model_ready"):
         assert name in metrics.text, name
+    # On a port of its own: the API port (the Ingress's) does not serve them.
+    assert endpoint["port"] == "metrics"
+    api = httpx.get(f"http://127.0.0.1:{pod.port('http')}{endpoint['path']}")
+    assert api.status_code == 404 and "imageiq_" not in api.text
 
 
 def test_helm_test_script_passes(pod_and_url: tuple[Pod, str], bento: Path, tmp_path: Path) -> None:

@@ -6,9 +6,6 @@ One Deployment of the service: the stable track (deployment.yaml) or the canary
 {{- $root := .root -}}
 {{- $track := .track -}}
 {{- $values := $root.Values -}}
-{{- if and (include "imageiq.embeddedDatabase" $root) (or (gt (int $values.replicaCount) 1) $values.autoscaling.enabled $values.canary.enabled) }}
-{{- fail "more than one pod needs a shared database: set secrets.database.existingSecret (without it each pod has its own SQLite file, keys and stored images)" }}
-{{- end }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -113,6 +110,12 @@ spec:
             - name: http
               containerPort: {{ $values.containerPort }}
               protocol: TCP
+            {{- with $values.metrics.port }}
+            # Prometheus metrics (IMAGEIQ_METRICS_PORT), apart from the API.
+            - name: metrics
+              containerPort: {{ . }}
+              protocol: TCP
+            {{- end }}
           # /livez: the process answers; /readyz: every served model is loaded and warmed up.
           startupProbe:
             httpGet:

@@ -177,3 +177,58 @@ A setting as an environment variable's text: strings as they are, anything else 
 {{- define "imageiq.envValue" -}}
 {{- if kindIs "string" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
 {{- end }}
+
+{{/*
+True ("true") when a track serves without API keys: config.authEnabled false, or on the
+canary its own config.authEnabled (else the stable track's). Call with (dict "root" $ "track" ...).
+*/}}
+{{- define "imageiq.authOff" -}}
+{{- $config := .root.Values.config }}
+{{- if and (eq .track "canary") (hasKey .root.Values.canary.config "authEnabled") }}
+{{- $config = .root.Values.canary.config }}
+{{- end }}
+{{- if and (hasKey $config "authEnabled") (not $config.authEnabled) }}true{{ end }}
+{{- end }}
+
+{{/*
+Refuses values that would deploy an unsafe or broken fleet (helm fails with the reason):
+a public Ingress in front of a track without API keys, keys without a pepper, and several
+pods that would each keep their own database or stored images.
+*/}}
+{{- define "imageiq.refuseUnsafe" -}}
+{{- $values := .Values }}
+{{- $tracks := list "stable" }}
+{{- if $values.canary.enabled }}{{ $tracks = append $tracks "canary" }}{{ end }}
+{{- range $tracks }}
+{{- $off := include "imageiq.authOff" (dict "root" $ "track" .) }}
+{{- if and $off $values.ingress.enabled }}
+{{- fail (printf "ingress.enabled with config.authEnabled false (%s track): the Ingress would let anyone classify, read, label and delete; turn authentication on or the Ingress off" .) }}
+{{- end }}
+{{- if and (not $off) (not $values.secrets.apiKeyPepper.existingSecret) }}
+{{- fail "API keys (config.authEnabled) need a pepper: set secrets.apiKeyPepper.existingSecret to a Secret holding 16+ random characters (without it a copy of the database alone can test guessed keys)" }}
+{{- end }}
+{{- end }}
+{{- if or (gt (int $values.replicaCount) 1) $values.autoscaling.enabled $values.canary.enabled }}
+{{- if include "imageiq.embeddedDatabase" . }}
+{{- fail "more than one pod needs a shared database: set secrets.database.existingSecret (without it each pod has its own SQLite file, keys and stored images)" }}
+{{- end }}
+{{- if and (not $values.config.s3Bucket) (ne (toString (default "request" $values.config.storeImages)) "never") }}
+{{- fail "more than one pod needs shared image storage: set config.s3Bucket, or config.storeImages: never (without it each pod keeps the images it stores in its own volume)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+One egress rule of the NetworkPolicy: TCP `ports` to the `to` peers (anywhere when none).
+*/}}
+{{- define "imageiq.egressRule" -}}
+- ports:
+    {{- range .ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
