@@ -293,7 +293,10 @@ class Classification:
             elif cache.backend != "off":
                 value = _cacheable(inferred)
                 await anyio.to_thread.run_sync(lambda: cache.put(key, value, sha256=sha256))
-        stored = await self._store(data, inferred.image, principal) if store else None
+        try:
+            stored = await self._store(data, inferred.image, principal) if store else None
+        except errors.BacklogFull as e:
+            return ImageResult(error=e)  # not accepted: nothing was promised
         decode_s, preprocess_s, queue_s, inference_s = inferred.timings
         classified = Classified(
             labels=[s for s in inferred.scored if s.score >= min_confidence],
@@ -312,22 +315,26 @@ class Classification:
             stored=stored,
         )
         best = inferred.scored[0]
-        self.backends.recorder.record(
-            PredictionRecord(
-                image_sha256=sha256,
-                model_name=model.model.name,
-                model_version=model.model.version,
-                label=best.label,
-                score=best.score,
-                top_k=[s.as_dict() for s in inferred.scored],
-                attributes={head: s.as_dict() for head, s in inferred.attributes.items()},
-                latency_ms=classified.timing_ms.total,
-                cached=classified.cached,
-                api_key_id=principal.key_id,
-                request_id=request_id,
-                client_request_id=client_request_id_var.get(),
-            )
+        # Its prediction row joins the backlog; 503 backlog_full (the image's error) when
+        # the backlog is full: refused, never accepted and then lost.
+        prediction = PredictionRecord(
+            image_sha256=sha256,
+            model_name=model.model.name,
+            model_version=model.model.version,
+            label=best.label,
+            score=best.score,
+            top_k=[s.as_dict() for s in inferred.scored],
+            attributes={head: s.as_dict() for head, s in inferred.attributes.items()},
+            latency_ms=classified.timing_ms.total,
+            cached=classified.cached,
+            api_key_id=principal.key_id,
+            request_id=request_id,
+            client_request_id=client_request_id_var.get(),
         )
+        try:
+            self.backends.recorder.record(prediction)
+        except errors.BacklogFull as e:
+            return ImageResult(error=e)
         return ImageResult(classified=classified)
 
     async def _infer(
@@ -427,10 +434,11 @@ class Classification:
             return True
         except (errors.StorageUnavailable, SQLAlchemyError) as e:
             # The store or the database is away (or refuses the row: the recorder sets it
-            # aside): the recorder takes over; the answer says "not stored yet".
+            # aside): the recorder takes over, from its spool on the pod's volume, written
+            # before the answer says "not stored yet" (503 backlog_full if it is full).
             if is_transient(e):
                 backends.database.failed(e)
-            backends.recorder.record(record)
+            await anyio.to_thread.run_sync(backends.recorder.record_durably, record)
             return False
 
 

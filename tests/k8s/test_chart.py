@@ -60,6 +60,7 @@ def test_production_values_render_every_feature() -> None:
         "ConfigMap",
         "Deployment",
         "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
         "Ingress",
         "Job",
         "NetworkPolicy",
@@ -73,11 +74,13 @@ def test_production_values_render_every_feature() -> None:
 
 
 def test_defaults_turn_optional_features_off() -> None:
-    """Optional features are off, but the NetworkPolicy is a safety default: on."""
+    """Optional features are off, but the NetworkPolicy and the data volume's claim (the
+    spool outlives a pod) are safety defaults: on."""
     kinds = {kind for kind, _ in objects()}
     assert kinds == {"ConfigMap", "Deployment", "Pod", "PodDisruptionBudget", "Service"} | {
         "ServiceAccount",
         "NetworkPolicy",
+        "PersistentVolumeClaim",
     }
     assert objects()[("Deployment", "imageiq")]["spec"]["replicas"] == 1
 

@@ -137,3 +137,33 @@ def test_alerts_link_to_the_configured_runbook(tmp_path: Path) -> None:
         assert alert["annotations"]["runbook_url"] == f"{url}#{alert['alert'].lower()}"
     with pytest.raises(RuntimeError, match="runbookUrl"):
         render(CHART, set_values=["prometheusRule.runbookUrl=docs/operations.md"])
+
+
+def test_the_data_volume_is_a_claim_every_pod_shares_and_outlives_them() -> None:
+    """The spool of a pod replaced during an outage must outlive it (issue 18.3)."""
+    fleet = (
+        "replicaCount=3",
+        "canary.enabled=true",
+        "canary.image.tag=v4",
+        "secrets.database.existingSecret=db",
+        "config.s3Bucket=images",
+    )
+    rendered = objects(sets=fleet)
+    claim = rendered[("PersistentVolumeClaim", "imageiq-data")]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for name in ("imageiq", "imageiq-canary"):
+        volumes = rendered[("Deployment", name)]["spec"]["template"]["spec"]["volumes"]
+        data = next(v for v in volumes if v["name"] == "data")
+        assert data == {"name": "data", "persistentVolumeClaim": {"claimName": "imageiq-data"}}
+    # Several pods cannot share a ReadWriteOnce claim: refused, not stuck mid-rollout.
+    with pytest.raises(RuntimeError, match="ReadWriteMany"):
+        render(CHART, set_values=[*fleet, "dataVolume.persistence.accessModes[0]=ReadWriteOnce"])
+    # An operator's claim, or none (an emptyDir, as before: documented as losing the spool).
+    theirs = objects(sets=("dataVolume.persistence.existingClaim=nfs-imageiq",))
+    assert ("PersistentVolumeClaim", "imageiq-data") not in theirs
+    volumes = theirs[("Deployment", "imageiq")]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "nfs-imageiq"}} in volumes
+    off = objects(sets=("dataVolume.persistence.enabled=false",))
+    volumes = off[("Deployment", "imageiq")]["spec"]["template"]["spec"]["volumes"]
+    assert next(v for v in volumes if v["name"] == "data")["emptyDir"]

@@ -151,8 +151,13 @@ spec:
             {{- include "imageiq.volumeMounts" $root | nindent 12 }}
       volumes:
         - name: data
+          {{- if $values.dataVolume.persistence.enabled }}
+          persistentVolumeClaim:
+            claimName: {{ include "imageiq.dataClaim" $root }}
+          {{- else }}
           emptyDir:
             sizeLimit: {{ $values.dataVolume.sizeLimit }}
+          {{- end }}
         - name: tmp
           emptyDir:
             sizeLimit: {{ $values.tmpVolume.sizeLimit }}

@@ -215,7 +215,18 @@ pods that would each keep their own database or stored images.
 {{- if and (not $values.config.s3Bucket) (ne (toString (default "request" $values.config.storeImages)) "never") }}
 {{- fail "more than one pod needs shared image storage: set config.s3Bucket, or config.storeImages: never (without it each pod keeps the images it stores in its own volume)" }}
 {{- end }}
+{{- $persistence := $values.dataVolume.persistence }}
+{{- if and $persistence.enabled (not $persistence.existingClaim) (not (has "ReadWriteMany" $persistence.accessModes)) }}
+{{- fail "more than one pod share the data volume's claim: dataVolume.persistence.accessModes needs ReadWriteMany (or give an existingClaim that is), else the pods cannot all mount it and a replaced pod's spool is never replayed" }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The claim of the data volume: the operator's, or the chart's (templates/pvc.yaml).
+*/}}
+{{- define "imageiq.dataClaim" -}}
+{{- .Values.dataVolume.persistence.existingClaim | default (printf "%s-data" (include "imageiq.fullname" .)) }}
 {{- end }}
 
 {{/*
