@@ -17,7 +17,7 @@ DEMO_KEY ?= .data/demo.key
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: install tools serve demo-model test test-k8s lint format clean k8s dashboards chart-schema rollout rollback load bench
+.PHONY: install tools serve demo-model test test-k8s lint format clean k8s dashboards chart-schema rollout rollback load bench hostile
 
 install: $(VENV)/.install-stamp
 
@@ -57,7 +57,7 @@ lint: install tools
 	$(BIN)/lint-imports
 	$(BIN)/mypy load-tests/bench.py load-tests/bench_report.py load-tests/cache_load.py load-tests/locustfile.py \
 	  load-tests/load_data.py load-tests/load_checks.py load-tests/local_server.py load-tests/run_load.py \
-	  load-tests/frontend_service.py scripts monitoring/dashboards.py
+	  load-tests/frontend_service.py load-tests/hostile.py scripts monitoring/dashboards.py
 	$(BIN)/yamllint --strict .
 	$(HELM) lint --strict helm/imageiq
 
@@ -86,6 +86,14 @@ load: install
 	$(BIN)/python load-tests/run_load.py --stages $(STAGES) --out $(LOAD_OUT) --expect-cache $(CACHE) \
 	  $(if $(URL),--url '$(URL)') $(if $(USERS),--users $(USERS)) $(if $(IMAGES),--images '$(IMAGES)') \
 	  $(LOAD_ARGS)
+
+# Hostile clients (load-tests/hostile.py): the hardening review's attacks against a running
+# service on 127.0.0.1, bounded, with a pass/fail verdict per property. KEY: a classify key;
+# HOSTILE_ARGS for the rest (--short, --only, --pids ... --max-rss-growth; see its --help).
+# `make test` runs the short version against a test server (tests/bentos/test_hostile.py).
+hostile: install
+	$(BIN)/python load-tests/hostile.py --url '$(or $(URL),http://127.0.0.1:$(PORT))' \
+	  --key '$(KEY)' $(HOSTILE_ARGS)
 
 # Serving benchmark (load-tests/bench.py; docs/performance.md). Its models (a ResNet-50 trained
 # on the digits, its int8 version, an EfficientNet-B0) live in a model store of their own.

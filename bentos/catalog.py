@@ -222,23 +222,20 @@ async def delete_image(
     image_id: str = ImageId,
     principal: Principal = Depends(require("admin")),
 ) -> DeletedOut:
-    """The right to be forgotten. The object goes first, then the cache entries, then
-    every row (image, labels, predictions) together with the audit entry that records it,
-    in one transaction; a failure answers 503 and a retry finishes the job. 404 when
-    nothing of the image was known."""
+    """The right to be forgotten, on every replica: the cache entries first, then the
+    image's tombstone, every row (image, labels, predictions) and the audit entry in one
+    transaction, then the object (behind the tombstone, so no row ever points at a missing
+    object). The tombstone stops every replica from writing the image or its records back
+    (imageiq/tombstones.py). A failure answers 503; a retry, or the recorders' sweep,
+    finishes the job. 404 when nothing of the image was known."""
     backends = _backends(request)
-    await anyio.to_thread.run_sync(backends.recorder.forget, image_id)  # no record revives it
-    # The object goes whether or not a row names it (an upload whose row was still on its
-    # way has one), under the key this store gives it (idempotent).
-    key = backends.store.key_for(image_id)
-    existed = await anyio.to_thread.run_sync(backends.store.exists, key)
-    await anyio.to_thread.run_sync(backends.store.delete, key)
-    cached = await anyio.to_thread.run_sync(backends.cache.forget, image_id)
+    await anyio.to_thread.run_sync(backends.recorder.forget, image_id)  # this replica, at once
     deleted = await _db(
         backends,
-        catalog.delete_image_rows,
+        catalog.forget_image,
         image_id,
-        removed={"object": int(existed), "cache_entries": cached},
+        store=backends.store,
+        cache=backends.cache,
         actor=principal.key_id,
         **_requests(),
     )

@@ -6,7 +6,8 @@ body unread and the connection closed:
 
 1. the client address's failed authentications (429 ``auth_throttled`` once it spent its
    ``auth_failures_burst``, then ``auth_failures_per_minute``): a key guesser is turned
-   away without even a hash;
+   away without a database look-up. A key this worker checked and cached still passes (one
+   hash), so the good clients behind the same address (a NAT) keep working;
 2. the API key (401; a key not cached is checked against the database in a worker thread,
    at most ``max_unauthenticated`` at once, more get 503);
 3. the key's requests in progress on this worker (429 ``too_many_concurrent_requests``
@@ -58,10 +59,11 @@ class Gate:
             scope[PRINCIPAL_KEY] = ANONYMOUS
             return ANONYMOUS
         client = _client(scope)
-        self._check_throttle(client)
         header = _header(scope, b"authorization")
         backends = backends_of(scope)
         keys = backends.keys
+        if not keys.knows(header):  # a key checked and cached passes (a NAT's good clients)
+            self._check_throttle(client)
         try:
             if keys.answers_from_memory(header):
                 principal: Principal = keys.authenticate(header)

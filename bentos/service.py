@@ -93,6 +93,10 @@ def build_service(settings: Settings) -> Any:
     """The BentoML service for ``settings``: start-up, readiness, shutdown; the routes are
     the API's (:func:`build_api`)."""
     configure_logging(settings.log_format)
+    # uvicorn (in each worker) reads this when it starts: only these proxies may say who
+    # the client is (its default trusts loopback, where a local client could then pick the
+    # address its failed authentications are counted against).
+    os.environ["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies
     api = build_api(settings)
 
     @bentoml.service(

@@ -7,15 +7,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from imageiq import errors
-from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction
+from imageiq import errors, tombstones
+from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction, utcnow
+
+if TYPE_CHECKING:
+    from imageiq.cache import PredictionCache
+    from imageiq.storage import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,40 @@ def add_label(
     return _label_out(row)
 
 
+def forget_image(
+    engine: Engine,
+    sha256: str,
+    *,
+    store: ObjectStore,
+    cache: PredictionCache,
+    actor: str | None = None,
+    request_id: str | None = None,
+    client_request_id: str | None = None,
+) -> dict[str, int]:
+    """The right to be forgotten, on every replica. The cached predictions go first (no
+    row or object depends on them, and the audit entry counts them); then, in one
+    transaction, the tombstone that stops every replica from writing the image back, every
+    row and the audit entry; then the object, behind the tombstone
+    (:func:`imageiq.tombstones.delete_object`), so no row ever names a missing object. A
+    failure propagates (the database's or the store's); a retry finishes the job, and
+    :func:`imageiq.tombstones.sweep` finishes an object delete that failed after the
+    commit. Returns what went: ``object``, ``cache_entries``, ``labels``,
+    ``predictions``, ``images``; all zero when nothing of the image was known (the
+    tombstone is written even then: another replica may still hold records of it)."""
+    existed = store.exists(store.key_for(sha256))
+    cached = cache.forget(sha256)
+    counts = delete_image_rows(
+        engine,
+        sha256,
+        removed={"object": int(existed), "cache_entries": cached},
+        actor=actor,
+        request_id=request_id,
+        client_request_id=client_request_id,
+    )
+    tombstones.delete_object(engine, store, sha256)
+    return counts
+
+
 def delete_image_rows(
     engine: Engine,
     sha256: str,
@@ -148,13 +186,22 @@ def delete_image_rows(
     actor: str | None = None,
     request_id: str | None = None,
     client_request_id: str | None = None,
+    at: datetime | None = None,
 ) -> dict[str, int]:
-    """Every row of an image (its own, its labels, its predictions) and the
-    ``image.delete`` audit entry, in one transaction: no deletion without its entry, no
-    entry for a deletion that did not happen. ``removed`` counts what went before the rows
-    (the object, cache entries) for the entry; when nothing at all went, no entry is
-    written. Returns ``removed`` with the rows' counts."""
+    """The image's tombstone (forgotten ``at``, by default now), every row of it (its own,
+    its labels, its predictions) and the ``image.delete`` audit entry, in one transaction:
+    no deletion without its entry, no entry for a deletion that did not happen, and no
+    replica writes the rows back after it (:mod:`imageiq.tombstones`). ``removed`` counts
+    what went before the rows (cache entries, the object about to go) for the entry; when
+    nothing at all went, no entry is written. Returns ``removed`` with the rows' counts."""
     with Session(engine) as session, session.begin():
+        tombstones.bury(
+            session.connection(),
+            sha256,
+            at=at or utcnow(),
+            deleted_by=actor,
+            request_id=request_id,
+        )
         counts = dict(removed or {})
         counts.update(
             (name, int(getattr(session.execute(statement), "rowcount", 0)))

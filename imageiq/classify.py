@@ -35,7 +35,7 @@ import torch
 from PIL import Image as PILImage
 from sqlalchemy.exc import SQLAlchemyError
 
-from imageiq import catalog, errors
+from imageiq import catalog, errors, tombstones
 from imageiq.admission import Budget, pixel_budget
 from imageiq.backends import Backends
 from imageiq.cache import cache_key
@@ -423,15 +423,27 @@ class Classification:
             data=data,
         )
 
-        def store_now() -> None:
-            backends.store.put(record.sha256, data, content_type=record.content_type)
+        def store_now() -> bool:
+            if not tombstones.put_object(
+                backends.engine,
+                backends.store,
+                record.sha256,
+                data,
+                content_type=record.content_type,
+                accepted_at=record.created_at,
+            ):
+                return False  # forgotten since it was accepted: not stored, not recorded
             record.data = None  # the object is there: only the row may be left to write
-            catalog.insert_ignore(backends.engine, catalog.Image, [as_row(record)])
+            with backends.engine.begin() as connection:
+                (rows,) = tombstones.drop_forgotten(connection, [as_row(record)])
+                catalog.insert_ignore(connection, catalog.Image, rows)
             backends.database.succeeded()
+            if not rows:  # forgotten between the put and the row
+                tombstones.sweep(backends.engine, backends.store, shas=[record.sha256])
+            return bool(rows)
 
         try:
-            await anyio.to_thread.run_sync(store_now)
-            return True
+            return await anyio.to_thread.run_sync(store_now)
         except (errors.StorageUnavailable, SQLAlchemyError) as e:
             # The store or the database is away (or refuses the row: the recorder sets it
             # aside): the recorder takes over, from its spool on the pod's volume, written

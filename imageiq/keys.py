@@ -200,6 +200,16 @@ class KeyRing:
             return True
         return self._database is not None and not self._database.available()
 
+    def knows(self, authorization: str | None) -> bool:
+        """Whether the key's id is one this replica checked and found to exist, within its
+        TTL: checking its secret then costs one hash, no database."""
+        match = _bearer(authorization or "")
+        if match is None:
+            return False
+        with self._lock:
+            known = self._known.get(match.group(1))
+        return known is not None and time.monotonic() - known[0] < self._ttl
+
     def forget(self, key_id: str) -> None:
         with self._lock:
             self._known.pop(key_id, None)

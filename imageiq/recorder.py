@@ -27,8 +27,9 @@ from collections import deque
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from imageiq import errors
+from imageiq import errors, tombstones
 from imageiq.catalog import insert_ignore
 from imageiq.db.engine import is_transient
 from imageiq.db.schema import Image, Prediction
@@ -46,6 +47,7 @@ RECORD_OVERHEAD = 1024
 # Seconds between the writer's heartbeats, and between its looks for orphaned spools.
 _HEARTBEAT_S = 10.0
 _ADOPT_S = 30.0
+_SWEEP_S = 60.0
 
 
 def record_cost(record: Record) -> int:
@@ -83,7 +85,7 @@ class Recorder:
         self._held_bytes = 0
         self._spooled = spool.records
         self._spooled_bytes = spool.bytes
-        self._heartbeat_at = self._adopt_at = time.monotonic()
+        self._heartbeat_at = self._adopt_at = self._swept_at = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="imageiq-recorder", daemon=True)
         self._gauge = metrics().records_pending
@@ -267,18 +269,42 @@ class Recorder:
                     self._remove_upload(record)
                     continue
                 try:
-                    data = record.data or b""
-                    self._store.put(record.sha256, data, content_type=record.content_type)
+                    kept = self._put(record)
                 except errors.StorageUnavailable:
                     return True
                 except Exception as e:  # refused for good (bad hash, ...): set it aside
                     self._reject([record], e)
                     self._remove_upload(record)
                     continue
+                if not kept:  # forgotten on some replica: nothing of it is stored
+                    self._remove_upload(record)
+                    continue
                 record.data = None
                 if self._remove_upload(record):
                     with self._lock:
                         self._rows.append(record)
+
+    def _put(self, record: ImageRecord) -> bool:
+        """The image's object, unless a tombstone forgot it (checked before and after the
+        put: imageiq.tombstones.put_object). False when forgotten."""
+        data = record.data or b""
+        try:
+            return tombstones.put_object(
+                self._engine,
+                self._store,
+                record.sha256,
+                data,
+                content_type=record.content_type,
+                accepted_at=record.created_at,
+            )
+        except SQLAlchemyError as e:
+            if not is_transient(e):
+                raise
+            # The database is away: the object is stored now, and the row's transaction
+            # decides later (drop_forgotten), the sweep deleting the object if forgotten.
+            self.database.failed(e)
+            self._store.put(record.sha256, data, content_type=record.content_type)
+            return True
 
     def _remove_upload(self, record: ImageRecord) -> bool:
         """Take ``record`` (by identity) off the uploads; False when it was not there."""
@@ -319,11 +345,19 @@ class Recorder:
 
     def _look_after_spool(self) -> None:
         """The heartbeat that keeps this instance's spool its own, and now and then the
-        adoption of the spools of instances that are gone."""
+        adoption of the spools of instances that are gone, and the sweep that deletes the
+        objects of forgotten images a writer put back (imageiq.tombstones.sweep)."""
         now = time.monotonic()
         if now - self._heartbeat_at < _HEARTBEAT_S:
             return
         self._heartbeat_at = now
+        if now - self._swept_at >= _SWEEP_S:
+            self._swept_at = now
+            if self.database.available() and self._store.dependency.available():
+                try:
+                    tombstones.sweep(self._engine, self._store)
+                except Exception as e:  # the next pass retries
+                    log.warning("tombstone sweep failed: %s", e)
         with self._lock:
             try:
                 self._spool.heartbeat()
@@ -380,10 +414,21 @@ class Recorder:
         if not images and not predictions:
             return
         with self._engine.begin() as connection:
-            insert_ignore(connection, Image, images)
-            insert_ignore(connection, Prediction, predictions)
-        self._written.labels("image").inc(len(images))
-        self._written.labels("prediction").inc(len(predictions))
+            # First in the transaction: it locks these images until the commit, so a
+            # deletion on another replica either sees these rows or they see its tombstone.
+            images_kept, predictions_kept = tombstones.drop_forgotten(
+                connection, images, predictions
+            )
+            insert_ignore(connection, Image, images_kept)
+            insert_ignore(connection, Prediction, predictions_kept)
+        self._written.labels("image").inc(len(images_kept))
+        self._written.labels("prediction").inc(len(predictions_kept))
+        dropped = {r["sha256"] for r in images} - {r["sha256"] for r in images_kept}
+        if dropped:  # forgotten elsewhere: their objects (stored before the rows) go too
+            try:
+                tombstones.sweep(self._engine, self._store, shas=dropped)
+            except Exception as e:  # the periodic sweep finishes it
+                log.warning("objects of %d forgotten images left to the sweep: %s", len(dropped), e)
 
     def _reject(self, records: list[Record], error: Exception | None) -> None:
         """Set records aside under spool/rejected/ for an operator: never dropped."""

@@ -421,9 +421,19 @@ def auth_throttle(target: Target) -> Verdict:
                 retry_after = resp.headers.get("retry-after")
             if resp.status_code not in (401, 429):
                 v.problems.append(f"attempt {i}: {resp.status_code}")
-    v.facts.update(answers=dict(statuses), retry_after=retry_after)
+        # Claiming another address does not escape it (no proxy is trusted by default).
+        spoofed = client.get(
+            "/v1/models",
+            headers={
+                "Authorization": f"Bearer iiq_{os.urandom(8).hex()}_{os.urandom(24).hex()}",
+                "X-Forwarded-For": "203.0.113.7",
+            },
+        )
+    v.facts.update(answers=dict(statuses), retry_after=retry_after, spoofed=spoofed.status_code)
     if not statuses.get("429:auth_throttled"):
         v.problems.append("never throttled")
+    if statuses.get("429:auth_throttled") and spoofed.status_code != 429:
+        v.problems.append(f"X-Forwarded-For escaped the throttle: {spoofed.status_code}")
     v.passed = not v.problems
     return v
 

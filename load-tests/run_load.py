@@ -86,6 +86,8 @@ def local_service(state: Path) -> Iterator[tuple[str, str]]:
         "IMAGEIQ_DATA_DIR": str((state / "data").resolve()),
         # Valid requests must never be refused: the key has no limit, nor does the service.
         "IMAGEIQ_RATE_LIMIT_PER_MINUTE": "0",
+        # The `bad` persona sends bad keys all run long from this one address.
+        "IMAGEIQ_AUTH_FAILURES_BURST": "1000000",
     }
     imageiq = str(BIN / "imageiq")
     subprocess.run([imageiq, "demo-model", "--data", ".data/digits"], cwd=ROOT, env=env, check=True)

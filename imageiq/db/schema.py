@@ -198,3 +198,19 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     request_id: Mapped[str | None] = mapped_column(String(64))
     client_request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Tombstone(Base):
+    """An image forgotten (``DELETE /v1/admin/images/{id}``), kept so that no replica writes
+    it back: a record of it accepted before ``deleted_at`` is dropped by every writer, one
+    accepted after is a fresh upload of the same bytes (:mod:`imageiq.tombstones`).
+    ``object_deleted_at`` is empty while its object may still be in the store (the
+    deletion's own attempt failed, or a writer put it back): the sweep finishes it."""
+
+    __tablename__ = "tombstones"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    deleted_by: Mapped[str | None] = mapped_column(String(64))  # an API key id, or cli:<user>
+    request_id: Mapped[str | None] = mapped_column(String(64))  # the server's
+    object_deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)

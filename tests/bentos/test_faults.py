@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -193,3 +194,132 @@ def test_records_survive_a_shutdown_while_postgres_is_down(
         )
     assert "spooled" in log.read_text()
     print(f"shutdown while down: {client.accepted} accepted, all replayed at the next start")
+
+
+def test_a_pod_replaced_mid_outage_loses_nothing_it_accepted(
+    env: dict[str, str],
+    stack: Stack,
+    images: list[bytes],
+    digits_model: RegisteredModel,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """PostgreSQL and S3 down; pod A accepts stored images and predictions, then is replaced
+    (SIGTERM, as on a rollout or a drain) mid-outage; pod B, a new instance on the same data
+    volume, adopts A's spool; once both are back, everything either accepted is there."""
+    shared = tmp_path_factory.mktemp("replaced-data")  # the release's data claim
+    env = {**env, "IMAGEIQ_DATA_DIR": str(shared)}
+    before_predictions = stack.count(Prediction)
+    accepted: list[str] = []
+    log_a = tmp_path_factory.mktemp("pod-a") / "server.log"
+    with running_server(digits_model, log_a, env) as a:
+        client = Client(a, images)
+        client.next = 1300
+        client.classify()  # its key checked once: trusted through the outage
+        wait_for(lambda: a.get("/v1/models").json()["dependencies"]["records_pending"] == 0)
+        client.accepted = 0
+        stack.postgres.stop()
+        stack.s3.stop()
+        for _ in range(6):
+            answer = client.classify(store=True)
+            assert answer["image"]["stored"] is False  # accepted: "will be stored"
+            accepted.append(answer["image"]["id"])
+        client.run_for(1.0)  # predictions only
+        assert client.failures == []
+        a_accepted = client.accepted
+        a.proc.send_signal(signal.SIGTERM)
+        a.proc.wait(timeout=60)
+    stack.postgres.start()  # B needs its database to start; S3 stays down
+    log_b = tmp_path_factory.mktemp("pod-b") / "server.log"
+    with running_server(digits_model, log_b, env) as b:
+        client = Client(b, images)
+        client.next = 1500
+        for _ in range(3):
+            answer = client.classify(store=True)
+            assert answer["image"]["stored"] is False
+            accepted.append(answer["image"]["id"])
+        assert client.failures == []
+        b_accepted = client.accepted
+        stack.s3.start()
+        shas = set(accepted)
+        wait_for(
+            lambda: stack.count(Image, Image.sha256.in_(shas)) == len(shas),
+            60,
+            "every accepted image's row",
+        )
+        wait_for(
+            lambda: stack.count(Prediction) == before_predictions + a_accepted + b_accepted,
+            60,
+            "every accepted prediction",
+        )
+    assert {f"images/{sha}" for sha in shas} <= set(stack.s3.object_keys())
+    assert not [p for p in shared.glob("spool/*/*.jsonl") if p.parent.name != "rejected"]
+    print(
+        f"pod replaced mid-outage: {len(shas)} stored images and "
+        f"{a_accepted + b_accepted} predictions accepted ({a_accepted} by the replaced pod), "
+        f"{stack.count(Image, Image.sha256.in_(shas))} images and "
+        f"{stack.count(Prediction) - before_predictions} predictions arrived"
+    )
+
+
+def test_a_revoked_key_stops_within_the_ttl_and_grace_while_the_database_is_down(
+    env: dict[str, str],
+    stack: Stack,
+    images: list[bytes],
+    digits_model: RegisteredModel,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Revoked on one side (the CLI's revoke, in the database), then the database goes down:
+    this replica, which had the key cached, lets it classify only for the grace past its TTL
+    and refuses the label and admin scopes as soon as the TTL has passed (fail closed)."""
+    from imageiq.db.engine import make_engine
+    from imageiq.keys import create_key, revoke_key
+
+    ttl, grace = 1.0, 4.0
+    env = {
+        **env,
+        "IMAGEIQ_DATA_DIR": str(tmp_path_factory.mktemp("revoke-data")),
+        "IMAGEIQ_AUTH_CACHE_TTL_S": str(ttl),
+        "IMAGEIQ_AUTH_STALE_GRACE_S": str(grace),
+    }
+    engine = make_engine(stack.postgres.url)
+    try:
+        classify_key, row = create_key(engine, name="revoked", scopes=["classify"], pepper=b"")
+        admin_key, _ = create_key(engine, name="admin", scopes=["admin"], pepper=b"")
+    finally:
+        engine.dispose()
+    image = {"image": ("d.png", images[0])}
+
+    def as_(key: str, method: str, path: str, **kw: Any) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        return int(server.request(method, path, headers=headers, **kw).status_code)
+
+    log = tmp_path_factory.mktemp("revoke") / "server.log"
+    with running_server(digits_model, log, env) as server:
+        assert as_(classify_key, "POST", "/v1/classify", files=image) == 200
+        assert as_(admin_key, "GET", "/v1/models") == 200
+        engine = make_engine(stack.postgres.url)
+        try:
+            revoke_key(engine, row.id, actor="test")
+        finally:
+            engine.dispose()
+        stack.postgres.stop()
+        try:
+            time.sleep(ttl + 0.5)
+            # Past the TTL: the admin key's admin rights fail closed...
+            assert (
+                as_(admin_key, "POST", "/v1/admin/models/x/activate", json={"version": "v"}) == 503
+            )
+            # ...while the revoked classify key, which this replica cannot know is revoked,
+            # classifies for the grace (the documented trade-off), and not a moment more.
+            assert as_(classify_key, "POST", "/v1/classify", files=image) == 200
+            time.sleep(grace)
+            status = as_(classify_key, "POST", "/v1/classify", files=image)
+            assert status == 503, status
+        finally:
+            stack.postgres.start()
+        wait_for(lambda: as_(classify_key, "POST", "/v1/classify", files=image) == 401, 30)
+        assert as_(admin_key, "GET", "/v1/models") == 200
+    print(
+        f"revocation while the database was down: refused {ttl + grace:g} s after the last "
+        f"check (TTL {ttl:g} s + grace {grace:g} s); admin refused after the TTL"
+    )

@@ -18,11 +18,11 @@ from sqlalchemy import Engine, select, text
 from imageiq import catalog, errors
 from imageiq.catalog import ImageFilter
 from imageiq.db.engine import make_engine, upgrade
-from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction
+from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction, Tombstone
 from tests.backends import PostgresServer, migrated
 
 T0 = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
-TABLES = "images, predictions, labels, models, api_keys, audit_log"
+TABLES = "images, predictions, labels, models, api_keys, audit_log, tombstones"
 HOSTILE = [
     "' OR 1=1 --",
     "'; DROP TABLE images; --",
@@ -330,6 +330,8 @@ def test_hostile_ids_are_not_found(engine: Engine, gallery: dict[str, str]) -> N
             "images": 0,
         }
     assert len(ids(engine, ImageFilter())) == 3
+    with engine.connect() as connection:  # an id that is no hash is no image to forget
+        assert connection.scalar(select(Tombstone.sha256)) is None
 
 
 def test_extreme_numbers_and_times_in_filters(engine: Engine, gallery: dict[str, str]) -> None:
@@ -509,6 +511,8 @@ def test_a_deletion_whose_audit_entry_fails_deletes_nothing(
     assert len(catalog.get_image(engine, gallery["cat"])["labels"]) == 1
     assert len(catalog.get_image(engine, gallery["cat"])["predictions"]) == 2
     assert _audit(engine) == []
+    with engine.connect() as connection:  # nor is it forgotten elsewhere
+        assert connection.scalar(select(Tombstone.sha256)) is None
 
 
 @contextmanager

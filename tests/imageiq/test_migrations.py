@@ -28,7 +28,7 @@ from imageiq.db.engine import (
 from imageiq.db.schema import Base
 from tests.backends import PostgresServer, free_port
 
-TABLES = {"api_keys", "audit_log", "images", "labels", "models", "predictions"}
+TABLES = {"api_keys", "audit_log", "images", "labels", "models", "predictions", "tombstones"}
 _names = itertools.count()
 
 
@@ -221,4 +221,32 @@ def test_0002_adds_the_client_request_ids_and_keeps_the_rows(empty: Engine) -> N
     command.downgrade(alembic_config(empty), "0001")
     assert "client_request_id" not in {c["name"] for c in inspect(empty).get_columns("audit_log")}
     assert upgrade(empty) == ("0001", head_revision())
+    assert _differences(empty) == []
+
+
+def test_0003_adds_the_tombstones_and_keeps_the_rows(empty: Engine) -> None:
+    upgrade(empty, "0002")
+    with empty.begin() as connection:
+        connection.execute(text("INSERT INTO audit_log (action, detail) VALUES ('marker', '{}')"))
+    assert "tombstones" not in _tables(empty)
+    assert upgrade(empty) == ("0002", head_revision())
+    assert {c["name"] for c in inspect(empty).get_columns("tombstones")} == {
+        "sha256",
+        "deleted_at",
+        "deleted_by",
+        "request_id",
+        "object_deleted_at",
+    }
+    with empty.begin() as connection:
+        connection.execute(
+            text("INSERT INTO tombstones (sha256, deleted_at) VALUES (:sha, :at)"),
+            {"sha": "a" * 64, "at": "2026-12-20 10:00:00+00:00"},
+        )
+    command.downgrade(alembic_config(empty), "0002")
+    assert _tables(empty) == TABLES - {"tombstones"}
+    with empty.connect() as connection:
+        assert connection.execute(text("SELECT action FROM audit_log")).scalars().all() == [
+            "marker"
+        ]
+    assert upgrade(empty) == ("0002", head_revision())
     assert _differences(empty) == []
