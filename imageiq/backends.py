@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from imageiq.audit import DenialLog
 from imageiq.cache import PredictionCache, build_cache
 from imageiq.db.engine import check_migrated, describe, make_engine
+from imageiq.errors import StorageUnavailable
 from imageiq.health import Dependency
 from imageiq.keys import KeyRing
 from imageiq.ratelimit import RateLimiter, build_limiter
@@ -51,11 +52,16 @@ class Backends:
     @classmethod
     def open(cls, settings: Settings) -> Backends:
         """Connect everything; refuses (raises) an unmigrated or unreachable database and
-        a missing bucket, the mistakes a restart will not fix by itself."""
+        a missing bucket, the mistakes a restart will not fix by itself. An object store
+        that does not answer is an outage, not a mistake: the service starts without it
+        (a pod replaced during an S3 outage must come up and replay what it adopts)."""
         engine = open_database(settings)
         check_migrated(engine)
         store = build_store(settings)
-        store.check()
+        try:
+            store.check()
+        except StorageUnavailable as e:
+            log.warning("%s: serving; images are stored once it answers", e.message)
         redis = open_redis(settings)
         if redis is not None and not redis.ping():
             log.warning("Redis does not answer yet: serving uncached until it does")

@@ -154,6 +154,8 @@ def test_postgres_restarted_mid_run(served: Server, stack: Stack, images: list[b
     stack.postgres.start()
     assert client.failures == []
     wait_for(lambda: stack.count(Prediction) == before + client.accepted, 30, "every prediction")
+    # The images accepted while it was down were spooled before their answer: replayed too.
+    wait_for(lambda: stack.count(Image, Image.sha256.in_(stored)) == len(set(stored)), 30)
     with stack.session() as session:
         found = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(stored))))
     assert found == set(stored)
@@ -208,7 +210,6 @@ def test_a_pod_replaced_mid_outage_loses_nothing_it_accepted(
     volume, adopts A's spool; once both are back, everything either accepted is there."""
     shared = tmp_path_factory.mktemp("replaced-data")  # the release's data claim
     env = {**env, "IMAGEIQ_DATA_DIR": str(shared)}
-    before_predictions = stack.count(Prediction)
     accepted: list[str] = []
     log_a = tmp_path_factory.mktemp("pod-a") / "server.log"
     with running_server(digits_model, log_a, env) as a:
@@ -216,6 +217,7 @@ def test_a_pod_replaced_mid_outage_loses_nothing_it_accepted(
         client.next = 1300
         client.classify()  # its key checked once: trusted through the outage
         wait_for(lambda: a.get("/v1/models").json()["dependencies"]["records_pending"] == 0)
+        before_predictions = stack.count(Prediction)
         client.accepted = 0
         stack.postgres.stop()
         stack.s3.stop()
