@@ -131,3 +131,49 @@ def test_iso_dates_and_times_are_accepted(served: Server) -> None:
         assert resp.status_code == 200, resp.text
         assert resp.json()["since"].replace("+00:00", "Z") == expected
     assert served.get("/v1/images", params={"created_after": "2024-03-10"}).status_code == 200
+
+
+def test_every_denied_attempt_is_audited_with_the_key_id_presented(
+    served: Server, stack: Stack
+) -> None:
+    """401s (an unknown key, a wrong secret) and 403s (a key without the scope) reach the
+    audit log from the gate, with the key id presented (never the secret) and both request
+    ids; a header that is not shaped like a key is recorded without an actor."""
+    from tests.bentos.test_security import new_key
+
+    classify_only, classify_id = new_key(stack, ["classify"])
+    unknown_id = "0123456789abcdef"
+    secret = "f" * 48
+    attempts = [
+        (f"iiq_{unknown_id}_{secret}", "GET", "/v1/models", 401, unknown_id),
+        (classify_only, "GET", "/v1/images", 403, classify_id),
+        (classify_only, "DELETE", "/v1/admin/images/" + "a" * 64, 403, classify_id),
+        ("not-a-key", "GET", "/v1/models", 401, None),
+    ]
+    for i, (key, method, path, status, _) in enumerate(attempts):
+        headers = {"Authorization": f"Bearer {key}", "X-Request-ID": f"denied-{i}"}
+        resp = served.request(method, path, headers=headers)
+        assert resp.status_code == status, resp.text
+
+    def entries() -> list[AuditEntry]:
+        with stack.session() as session:
+            return list(
+                session.scalars(
+                    select(AuditEntry).where(
+                        AuditEntry.action == "auth.denied",
+                        AuditEntry.client_request_id.like("denied-%"),
+                    )
+                )
+            )
+
+    from tests.backends import wait_for
+
+    wait_for(lambda: len(entries()) == len(attempts), 30, "every denial audited")
+    found = {e.client_request_id: e for e in entries()}
+    for i, (_, method, path, status, key_id) in enumerate(attempts):
+        entry = found[f"denied-{i}"]
+        assert entry.actor == key_id
+        assert entry.target == path
+        assert entry.detail["status"] == status and entry.detail["method"] == method
+        assert entry.request_id and entry.request_id != f"denied-{i}"
+        assert secret not in str(entry.detail) and secret not in (entry.target or "")
