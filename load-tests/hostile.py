@@ -366,7 +366,8 @@ def envelope(target: Target) -> Verdict:
             ("GET", "/v1/images/%00", {404, 422}),
             ("GET", "/nowhere%0d%0aX-Injected:%201", {404}),
             ("PUT", "/v1/classify", {405}),
-            ("GET", "/v1/images?since=2024", {422}),
+            ("GET", "/v1/stats?since=2024", {422}),
+            ("GET", "/v1/images?created_after=2024", {422}),
         ]
         for method, path, statuses in checks:
             resp = client.request(method, path, headers=target.auth())

@@ -176,11 +176,15 @@ def test_there_is_no_internal_endpoint_around_the_limits(server: Server) -> None
 
 
 def test_client_request_id_is_echoed(server: Server) -> None:
+    """The request id is the server's own; the client's is kept apart and echoed back."""
     resp = server.post("/v1/classify", headers={"X-Request-ID": "client-abc.123"})
-    assert resp.headers["x-request-id"] == "client-abc.123"
-    assert resp.json()["error"]["request_id"] == "client-abc.123"
+    server_id = resp.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", server_id)
+    assert resp.json()["error"]["request_id"] == server_id
+    assert resp.headers["x-client-request-id"] == "client-abc.123"
     hostile = server.post("/v1/classify", headers={"X-Request-ID": "a b<script>"})
     assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])
+    assert "x-client-request-id" not in hostile.headers  # not a valid id: not echoed
 
 
 def test_served_agrees_with_offline_under_concurrency(server: Server, digits_dir: Path) -> None:
