@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,12 +16,10 @@ from sqlalchemy import Engine, select, text
 
 from imageiq import catalog, errors
 from imageiq.catalog import ImageFilter
-from imageiq.db.engine import make_engine, upgrade
 from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction, Tombstone
-from tests.backends import PostgresServer, migrated
+from tests.imageiq.conftest import TABLES
 
 T0 = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
-TABLES = "images, predictions, labels, models, api_keys, audit_log, tombstones"
 HOSTILE = [
     "' OR 1=1 --",
     "'; DROP TABLE images; --",
@@ -50,36 +47,6 @@ HOSTILE = [
 
 def sha(n: int) -> str:
     return hashlib.sha256(f"image {n}".encode()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def postgres_engine() -> Iterator[Engine]:
-    server = PostgresServer()
-    try:
-        server.start()
-        setup = make_engine(server.url)
-        with setup.begin() as connection:
-            connection.execute(text("ALTER DATABASE postgres SET timezone TO 'Pacific/Kiritimati'"))
-        setup.dispose()
-        engine = make_engine(server.url)
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-    finally:
-        server.destroy()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated, empty database of each kind."""
-    if request.param == "postgresql":
-        engine: Engine = request.getfixturevalue("postgres_engine")
-        with engine.begin() as connection:
-            connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-        yield engine
-        return
-    with migrated(f"sqlite:///{tmp_path / 'imageiq.db'}") as engine:
-        yield engine
 
 
 def add_image(engine: Engine, n: int, *, at: datetime, uploaded_by: str | None = None) -> str:

@@ -495,6 +495,7 @@ def test_close_while_down_spools_and_the_next_start_replays(
     assert sorted(keys(spooled(spool))) == sorted(keys(records))
 
     postgres.start()
+    # Another instance (as a replacement pod is): adopts the released spool at its start.
     second = recorders(pg, store, spool, start=False)
     assert second.pending == 30  # counted from the spool files before starting
     second.start()
@@ -670,22 +671,3 @@ def test_a_killed_instances_spool_is_adopted_by_another(
     taken = fresh.pop_oldest() + fresh.pop_oldest()
     assert [r.id for r in taken] == [r.id for r in records]  # in order, each once
     assert fresh.pop_oldest() == [] and fresh.records == 0 and fresh.bytes == 0
-
-
-def test_a_released_spool_is_replayed_by_the_next_start_at_once(
-    postgres: PostgresServer,
-    pg: Engine,
-    recorders: Callable[..., Recorder],
-    store: LocalStore,
-    spool: Path,
-) -> None:
-    first = recorders(pg, store, spool)
-    postgres.stop()
-    records = [prediction() for _ in range(7)]
-    for record in records:
-        first.record(record)
-    first.close(timeout_s=2.0)  # spools and releases
-    postgres.start()
-    second = recorders(pg, store, spool)  # another instance: adopts at its start
-    wait_for(lambda: count(pg, Prediction) == 7, what="the released spool replayed")
-    assert second.pending == 0 and not spool_files(spool)

@@ -9,24 +9,20 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, delete, func, select
 
 from imageiq import catalog, errors, tombstones
 from imageiq.cache import MemoryCache
 from imageiq.catalog import insert_ignore
-from imageiq.db.engine import make_engine, upgrade
 from imageiq.db.schema import AuditEntry, Image, Prediction, Tombstone
 from imageiq.storage import LocalStore
-from tests.backends import PostgresServer, migrated
 
 T0 = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
-TABLES = "images, predictions, labels, models, api_keys, audit_log, tombstones"
 
 
 def data(n: int) -> bytes:
@@ -68,32 +64,6 @@ def prediction_row(n: int, *, at: datetime) -> dict[str, Any]:
         "client_request_id": None,
         "created_at": at,
     }
-
-
-@pytest.fixture(scope="module")
-def postgres_engine() -> Iterator[Engine]:
-    server = PostgresServer()
-    try:
-        server.start()
-        engine = make_engine(server.url)
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-    finally:
-        server.destroy()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated, empty database of each kind."""
-    if request.param == "postgresql":
-        engine: Engine = request.getfixturevalue("postgres_engine")
-        with engine.begin() as connection:
-            connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-        yield engine
-        return
-    with migrated(f"sqlite:///{tmp_path / 'imageiq.db'}") as engine:
-        yield engine
 
 
 class FlakyStore(LocalStore):
