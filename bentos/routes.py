@@ -97,16 +97,24 @@ async def _classify(
     s.core.check(top_k=params.top_k, min_confidence=params.min_confidence, store=params.store)
     served = s.pool.resolve(params.model)
     note(request.scope, model=served.tag)
-    results = await s.core.classify(
-        served,
-        images,
-        top_k=params.top_k,
-        min_confidence=params.min_confidence,
-        store=params.store,
-        principal=principal,
-        endpoint=endpoint,
-        started=started,
-    )
+    try:
+        results = await s.core.classify(
+            served,
+            images,
+            top_k=params.top_k,
+            min_confidence=params.min_confidence,
+            store=params.store,
+            principal=principal,
+            endpoint=endpoint,
+            started=started,
+        )
+    except Exception as e:
+        # A canary is judged on its server errors too (not on capacity refusals or the
+        # client's mistakes).
+        status = e.status if isinstance(e, errors.ImageIQError) else 500
+        if s.rollouts is not None and status >= 500 and status != 503:
+            s.rollouts.note_error(served.tag)
+        raise
     sizes = [r.classified.batch_size for r in results if r.classified and not r.classified.cached]
     if sizes:
         note(request.scope, batch_sizes=sizes)

@@ -48,8 +48,10 @@ from imageiq.db.engine import check_migrated, is_transient
 from imageiq.logs import configure_logging
 from imageiq.metrics import metrics
 from imageiq.model_client import ModelProcessClient
+from imageiq.model_repo import ModelRepository
 from imageiq.pool import ConfigWatcher, ModelPool
 from imageiq.registry import get_model
+from imageiq.rollout_sync import RolloutSync
 from imageiq.runner import InferenceThread
 from imageiq.settings import Settings, load_settings
 
@@ -148,8 +150,16 @@ def build_service(settings: Settings) -> Any:
             except errors.ImageIQError as e:
                 log.critical("cannot start: %s", e.message)
                 raise SystemExit(f"imageiq cannot start: {e.message}") from e
+            repo = ModelRepository(settings)
             self._activations = ActivationSync(
-                self.pool, self.backends.engine, database=self.backends.database
+                self.pool, self.backends.engine, database=self.backends.database, repo=repo
+            )
+            self._rollouts = RolloutSync(
+                self.pool,
+                self.backends.engine,
+                database=self.backends.database,
+                repo=repo,
+                redis=self.backends.redis,
             )
             api.state.imageiq = ServiceState(
                 settings=settings,
@@ -161,6 +171,7 @@ def build_service(settings: Settings) -> Any:
                 pool=self.pool,
                 backends=self.backends,
                 core=Classification(settings=settings, backends=self.backends),
+                rollouts=self._rollouts,
             )
             if not settings.auth_enabled:
                 for _ in range(3):
@@ -232,6 +243,7 @@ def build_service(settings: Settings) -> Any:
             loop = asyncio.get_running_loop()
             self._tasks.add(loop.create_task(self._watcher.run()))
             self._tasks.add(loop.create_task(self._activations.run(settings.reload_interval_s)))
+            self._tasks.add(loop.create_task(self._rollouts.run(settings.rollout_interval_s)))
             self._tasks.add(loop.create_task(self._record_models()))
 
         async def _record_models(self) -> None:

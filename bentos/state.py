@@ -11,6 +11,7 @@ from bentos.inputs import Limits
 from imageiq.backends import Backends
 from imageiq.classify import Classification
 from imageiq.pool import ModelPool
+from imageiq.rollout_sync import RolloutSync
 from imageiq.settings import Settings
 
 
@@ -21,6 +22,7 @@ class ServiceState:
     pool: ModelPool
     backends: Backends
     core: Classification
+    rollouts: RolloutSync | None = None  # counts server errors per version during a canary
 
 
 def state(request: Request) -> ServiceState:

@@ -3,7 +3,8 @@ version marked active for each model name it serves.
 
 ``POST /v1/admin/models/{name}/activate`` switches the replica that answers it at once and
 marks the version active in the database; the others follow within ``reload_interval_s``,
-and a replica that starts later serves the activated version too. An activation therefore
+and a replica that starts later serves the activated version too (imported from the model
+repository, :mod:`imageiq.model_repo`, when its own store lacks it). An activation therefore
 wins over ``IMAGEIQ_MODELS`` and the config file for that model name, until the next one.
 """
 
@@ -22,15 +23,17 @@ from imageiq.db.engine import is_transient
 from imageiq.db.schema import Model
 from imageiq.errors import ImageIQError
 from imageiq.health import Dependency
+from imageiq.model_repo import ModelRepository
 from imageiq.pool import ModelPool
-from imageiq.registry import get_model
 
 log = logging.getLogger("imageiq.activation")
 
 
 class ActivationSync:
-    def __init__(self, pool: ModelPool, engine: Engine, *, database: Dependency) -> None:
-        self.pool, self._engine, self._database = pool, engine, database
+    def __init__(
+        self, pool: ModelPool, engine: Engine, *, database: Dependency, repo: ModelRepository
+    ) -> None:
+        self.pool, self._engine, self._database, self._repo = pool, engine, database, repo
         self._seen: dict[str, tuple[str, datetime | None]] = {}
 
     async def run(self, interval_s: float) -> None:
@@ -61,8 +64,10 @@ class ActivationSync:
                 self._seen[name] = (version, updated_at)
                 continue
             try:
-                tag = (await anyio.to_thread.run_sync(get_model, f"{name}:{version}")).tag
-            except ImageIQError as e:  # not in this replica's store: retrying will not help
+                # Not in this replica's store: imported from the model repository.
+                model = await anyio.to_thread.run_sync(self._repo.ensure_local, f"{name}:{version}")
+                tag = model.tag
+            except ImageIQError as e:  # in neither: retrying will not help
                 log.error("activated model %s:%s cannot be served here: %s", name, version, e)
                 self._seen[name] = (version, updated_at)
                 continue

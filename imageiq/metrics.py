@@ -39,6 +39,12 @@ class Metrics:
     records_pending: Any
     records_written: Any
     auth_failures: Any
+    labelled_images: Any
+    retrain_runs: Any
+    retrain_last_run: Any
+    canary_share: Any
+    canary_agreement: Any
+    canary_rollbacks: Any
 
 
 _lock = threading.Lock()
@@ -152,5 +158,42 @@ def _create() -> Metrics:
             "imageiq_auth_failures",
             "Requests refused by authentication (401) or authorisation (403), by code.",
             ["code"],
+        ),
+        # The closed loop (imageiq.rollout_sync): figures read from the database by every
+        # replica, so dashboards take max(), not sum().
+        labelled_images=pc.Gauge(
+            "imageiq_labelled_images",
+            "Stored images whose effective human label is this class (training data).",
+            ["label"],
+            multiprocess_mode="max",
+        ),
+        retrain_runs=pc.Gauge(
+            "imageiq_retrain_runs",
+            "imageiq retrain runs recorded in the database, by outcome.",
+            ["outcome"],
+            multiprocess_mode="max",
+        ),
+        retrain_last_run=pc.Gauge(
+            "imageiq_retrain_last_run_timestamp_seconds",
+            "Unix time of the latest imageiq retrain run with this outcome.",
+            ["outcome"],
+            multiprocess_mode="max",
+        ),
+        canary_share=pc.Gauge(
+            "imageiq_canary_share",
+            "Share of the requests that name no version routed to this challenger (0: none).",
+            _MODEL,
+            multiprocess_mode="max",
+        ),
+        canary_agreement=pc.Gauge(
+            "imageiq_canary_agreement",
+            "Share of a version's canary predictions that later human feedback confirmed.",
+            _MODEL,
+            multiprocess_mode="max",
+        ),
+        canary_rollbacks=pc.Counter(
+            "imageiq_canary_rollbacks",
+            "Canaries rolled back (automatically by their policy, or by hand).",
+            ["model_name"],
         ),
     )

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -93,6 +94,16 @@ class _Set:
         )
 
 
+@dataclass(frozen=True)
+class Canary:
+    """A share of the requests for a model name that pin no version go to ``challenger``
+    (a tag served beside the champion; :mod:`imageiq.rollout`)."""
+
+    rollout_id: int
+    challenger: str
+    share: float
+
+
 class ModelPool:
     """The served models, run on ``thread`` in this process, or by the model process that
     ``remote`` reaches (``IMAGEIQ_MODEL_PROCESS``)."""
@@ -112,6 +123,8 @@ class ModelPool:
         self._set = self._build(settings, current={})
         self.reloading = False
         self.last_reload: dict[str, Any] | None = None
+        self.canaries: dict[str, Canary] = {}  # model name -> its running canary
+        self._random = random.Random()
 
     # --- what requests see ------------------------------------------------------------------
     @property
@@ -136,6 +149,11 @@ class ModelPool:
         """The served model a request names (name, name:version, name:latest) or the active
         one; 404 ``model_not_found`` when it is not served, 503 while it is not ready."""
         served = self._set.resolve(ref)
+        canary = self.canaries.get(served.model.name)
+        if canary is not None and _follows_canary(ref) and self._random.random() < canary.share:
+            challenger = self._set.models.get(canary.challenger)
+            if challenger is not None and challenger.runner.ready:
+                return challenger
         if not served.runner.ready:
             raise ModelNotReady(
                 f"Model {served.tag} is {served.state}"
@@ -174,6 +192,29 @@ class ModelPool:
         active = current.active_model
         if self.active is not None and self.active.model.name == name:
             active = tag
+        return await self.reload(
+            current.model_copy(update={"models": models, "active_model": active})
+        )
+
+    async def serve_beside(self, tag: str) -> bool:
+        """Serve ``tag`` beside the models served now (a canary's challenger), the others
+        pinned to the versions they are: a ``name:latest`` must not move to the newly
+        imported version. True once it is loaded and warm."""
+        if tag in self.models:
+            return True
+        current = self.settings
+        active = self.active.tag if self.active is not None else current.active_model
+        return await self.reload(
+            current.model_copy(update={"models": [*self.models, tag], "active_model": active})
+        )
+
+    async def stop_serving(self, tag: str) -> bool:
+        """Stop serving ``tag`` (a rolled-back challenger), unless it is the active model."""
+        if tag not in self.models or (self.active is not None and self.active.tag == tag):
+            return True
+        current = self.settings
+        models = [t for t in self.models if t != tag]
+        active = self.active.tag if self.active is not None else current.active_model
         return await self.reload(
             current.model_copy(update={"models": models, "active_model": active})
         )
@@ -275,6 +316,12 @@ class ModelPool:
             )
             models[model.tag] = aliases[requested] = ServedModel(requested, model, runner, batcher)
         return _Set(models, aliases, aliases.get(settings.model_tag), errors)
+
+
+def _follows_canary(ref: str | None) -> bool:
+    """A request that names no version (nothing, a name, ``name:latest``) may be routed to a
+    canary; one that pins ``name:version`` gets exactly that version."""
+    return ref is None or ":" not in ref or ref.endswith(":latest")
 
 
 class ConfigWatcher:

@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     # S3-compatible endpoint, for stored images and for training data referenced as
     # s3://bucket/key (AWS when unset).
     s3_endpoint_url: str | None = None
+    # The model repository in the same bucket: versions published by `imageiq retrain` (or
+    # `imageiq models publish`) as <s3_model_prefix><name>/<version>.bentomodel, imported
+    # by a replica asked to serve a version its own store lacks. Unset bucket:
+    # data_dir/models.
+    s3_model_prefix: str = Field("models/", pattern=r"^([A-Za-z0-9!_.*'()/-]{0,200})$")
     # When uploaded images are kept: when the request says store=true, on every request, or
     # never (store=true is then refused with 422).
     store_images: Literal["request", "always", "never"] = "request"
@@ -234,6 +239,12 @@ class Settings(BaseSettings):
     # `docs_enabled`: the OpenAPI page (/v1/docs, /v1/openapi.json).
     metrics_port: int | None = Field(None, ge=1, le=65535)
     docs_enabled: bool = True
+
+    # The closed loop (docs/rollout.md): how often each replica applies canaries started
+    # elsewhere, judges the running ones (rollback or promotion by their policy) and
+    # refreshes the closed-loop gauges (labelled images per class, retrain runs) from the
+    # database. 0: never (canaries are then neither routed nor judged on this replica).
+    rollout_interval_s: float = Field(10.0, ge=0.0, le=3600.0)
 
     # Service logs: one JSON object per line (for log shippers), or plain text.
     log_format: Literal["json", "text"] = "json"

@@ -45,6 +45,8 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 LABEL_SOURCES = ("user", "admin", "model")
 MODEL_STATUSES = ("staged", "active", "retired")
+EVALUATION_OUTCOMES = ("promoted", "canary", "rejected", "failed")
+ROLLOUT_STATES = ("running", "promoted", "rolled_back")
 
 
 def _now() -> Any:
@@ -214,3 +216,74 @@ class Tombstone(Base):
     deleted_by: Mapped[str | None] = mapped_column(String(64))  # an API key id, or cli:<user>
     request_id: Mapped[str | None] = mapped_column(String(64))  # the server's
     object_deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+
+
+class GoldenImage(Base):
+    """An image of a pinned golden set: frozen with the label it had when an admin froze
+    the set, so every retrain is judged on the same images with the same answers. Golden
+    images never train a model. Forgetting the image removes it from its sets."""
+
+    __tablename__ = "golden_images"
+
+    set_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(
+        ForeignKey("images.sha256", ondelete="CASCADE"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(String(255))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    frozen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=_now())
+    frozen_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Evaluation(Base):
+    """One ``imageiq retrain`` run: the champion and the challenger it trained, scored on
+    the same held-out split and golden set, and what was decided (``outcome``)."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    champion_version: Mapped[str | None] = mapped_column(String(64))
+    challenger_version: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    primary_metric: Mapped[str | None] = mapped_column(String(32))
+    champion_score: Mapped[float | None] = mapped_column(Float)
+    challenger_score: Mapped[float | None] = mapped_column(Float)
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dataset: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    golden_set: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(String(2000))
+    actor: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+    __table_args__ = (CheckConstraint(f"outcome IN {EVALUATION_OUTCOMES}", name="outcome"),)
+
+
+class Rollout(Base):
+    """A canary: ``share`` of the requests for ``model_name`` (those that name no version)
+    go to ``challenger_version`` while it runs; it ends promoted or rolled back. At most one
+    runs per model name (:mod:`imageiq.rollout` takes a lock to start one)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    champion_version: Mapped[str] = mapped_column(String(64))
+    challenger_version: Mapped[str] = mapped_column(String(64))
+    share: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    evaluation_id: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_by: Mapped[str | None] = mapped_column(String(64))
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ended_by: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(2000))
+    last_stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (
+        Index("ix_rollouts_model_state", "model_name", "state"),
+        CheckConstraint(f"state IN {ROLLOUT_STATES}", name="state"),
+    )

@@ -13,7 +13,10 @@ from imageiq.db.engine import make_engine, upgrade
 from imageiq.redisconn import RedisLink, connect
 from tests.backends import REDIS_COOLDOWN_S, PostgresServer, RedisServer, migrated
 
-TABLES = "images, predictions, labels, models, api_keys, audit_log, tombstones"
+TABLES = (
+    "images, predictions, labels, models, api_keys, audit_log, tombstones, golden_images, "
+    "evaluations, rollouts"
+)
 
 
 @pytest.fixture(scope="module")

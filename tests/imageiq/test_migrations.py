@@ -28,7 +28,18 @@ from imageiq.db.engine import (
 from imageiq.db.schema import Base
 from tests.backends import PostgresServer, free_port
 
-TABLES = {"api_keys", "audit_log", "images", "labels", "models", "predictions", "tombstones"}
+TABLES = {
+    "api_keys",
+    "audit_log",
+    "evaluations",
+    "golden_images",
+    "images",
+    "labels",
+    "models",
+    "predictions",
+    "rollouts",
+    "tombstones",
+}
 _names = itertools.count()
 
 
@@ -243,10 +254,28 @@ def test_0003_adds_the_tombstones_and_keeps_the_rows(empty: Engine) -> None:
             {"sha": "a" * 64, "at": "2026-12-20 10:00:00+00:00"},
         )
     command.downgrade(alembic_config(empty), "0002")
-    assert _tables(empty) == TABLES - {"tombstones"}
+    assert _tables(empty) == TABLES - {"tombstones", "evaluations", "golden_images", "rollouts"}
     with empty.connect() as connection:
         assert connection.execute(text("SELECT action FROM audit_log")).scalars().all() == [
             "marker"
         ]
     assert upgrade(empty) == ("0002", head_revision())
+    assert _differences(empty) == []
+
+
+def test_0004_adds_the_closed_loop_tables_and_goes_back(empty: Engine) -> None:
+    upgrade(empty, "0003")
+    assert upgrade(empty) == ("0003", head_revision())
+    assert {"golden_images", "evaluations", "rollouts"} <= _tables(empty)
+    with empty.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO rollouts (model_name, champion_version, challenger_version, share,"
+                " state, policy, started_at, last_stats) VALUES ('m', 'a', 'b', 0.1, 'running',"
+                " '{}', '2026-12-21 10:00:00+00:00', '{}')"
+            )
+        )
+    command.downgrade(alembic_config(empty), "0003")
+    assert _tables(empty) == TABLES - {"evaluations", "golden_images", "rollouts"}
+    assert upgrade(empty) == ("0003", head_revision())
     assert _differences(empty) == []
