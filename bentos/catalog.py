@@ -34,6 +34,7 @@ from bentos.catalog_schemas import (
     parse_moment,
 )
 from bentos.http import note
+from bentos.review_routes import router as review_router
 from bentos.schemas import ErrorResponse, ModelRefOut
 from bentos.state import state
 from imageiq import catalog, errors
@@ -47,6 +48,7 @@ from imageiq.settings import MODEL_TAG, TAG_PART
 
 T = TypeVar("T")
 router = APIRouter()
+router.include_router(review_router)
 ImageId = Path(pattern=SHA256, description="The image id: its sha256, 64 hex digits.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (401, 403, 404, 422, 429, 503)

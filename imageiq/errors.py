@@ -32,6 +32,13 @@ class InvalidRequest(ImageIQError):
     status, code = 400, "invalid_request"
 
 
+class InvalidCursor(InvalidRequest):
+    """A paging ``cursor`` the service did not hand out, or one of another query (strategy,
+    model, filters): the client starts again without one."""
+
+    code = "invalid_cursor"
+
+
 class MalformedRequest(ImageIQError):
     status, code = 400, "malformed_request"
 
