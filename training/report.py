@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 
@@ -46,24 +46,33 @@ def predict_data(
     batch_size: int,
     max_pixels: int,
     progress: Callable[[int], None] | None = None,
+    unknown: Literal["raise", "ignore"] = "raise",
 ) -> Arrays:
-    """(targets in the model's label order, served probabilities) per head."""
+    """(targets in the model's label order, served probabilities) per head.
+
+    A label or attribute value in ``data`` that the model does not know is a
+    ``DatasetError``, unless ``unknown="ignore"``: then its images are still predicted but
+    their target is ``IGNORE`` (a champion scored on classes collected after it was trained,
+    :mod:`training.compare`)."""
     vocab = {MAIN_HEAD: classifier.labels, **classifier.heads}
     given = {MAIN_HEAD: data.classes, **data.heads}
     targets: dict[str, np.ndarray] = {}
     for head, values in vocab.items():
         if head not in given:
             continue
-        unknown = sorted(set(given[head]) - set(values))
-        if unknown:
+        unknown_values = sorted(set(given[head]) - set(values))
+        if unknown_values and unknown == "raise":
             raise DatasetError(
-                f"{head} values {unknown} in {data.source} are not known to "
+                f"{head} values {unknown_values} in {data.source} are not known to "
                 f"{classifier.model.tag} ({', '.join(values)})."
             )
         index = {v: i for i, v in enumerate(values)}
         stored = data.targets if head == MAIN_HEAD else data.head_targets(head)
         targets[head] = np.asarray(
-            [index[given[head][stored[i]]] if stored[i] != IGNORE else IGNORE for i in indices]
+            [
+                index.get(given[head][stored[i]], IGNORE) if stored[i] != IGNORE else IGNORE
+                for i in indices
+            ]
         )
     probs: dict[str, list[np.ndarray]] = {head: [] for head in targets}
     raw: dict[str, list[np.ndarray]] = {head: [] for head in targets}
@@ -169,7 +178,7 @@ def build_report(
         }
         report["heads"][head] = section
         if out_dir is not None:
-            _plot_confusion(section, out_dir / f"confusion_matrix_{head}.png")
+            plot_confusion(section, out_dir / f"confusion_matrix_{head}.png")
             _plot_reliability(raw, p, t, temperature, out_dir / f"reliability_{head}.png")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +186,7 @@ def build_report(
     return report
 
 
-def _plot_confusion(section: dict[str, Any], path: Path) -> None:
+def plot_confusion(section: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     matrix = np.asarray(section["confusion_matrix"]["matrix"])
     labels = section["confusion_matrix"]["labels"]
