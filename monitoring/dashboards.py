@@ -23,7 +23,19 @@ from grafana_foundation_sdk.builders import timeseries
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as models
-from panels import DATASOURCE, NS, RATE, SEL, Panel, distribution, graph, queries, rate, single
+from panels import (
+    DATASOURCE,
+    NS,
+    RATE,
+    SEL,
+    Panel,
+    bars,
+    distribution,
+    graph,
+    queries,
+    rate,
+    single,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "helm" / "imageiq" / "files" / "dashboards" / "imageiq.json"
@@ -257,6 +269,111 @@ def gpus() -> list[Panel]:
     ]
 
 
+def closed_loop() -> list[Panel]:
+    """Labelled data, retrain runs and the canary. The gauges come from the database through
+    every replica, so they are read with max() across pods, never sum(). A version is in a
+    canary while it has an agreement series (the champion and the challenger both get one):
+    the side-by-side panels keep those versions only."""
+    by = "model_name, model_version"
+    in_canary = f"max by ({by}) (imageiq_canary_agreement{{{SEL}}})"
+    # imageiq_requests_total names the version in one label, "name:version".
+    in_canary_model = f'label_join({in_canary}, "model", ":", "model_name", "model_version")'
+    requests = rate("imageiq_requests_total", by="model")
+    errors = rate("imageiq_requests_total", 'status=~"5.."', by="model")
+    error_ratio = f"({errors} or 0 * {requests}) / {requests} and on (model) {in_canary_model}"
+    mean = (
+        f"{rate('imageiq_prediction_confidence_sum', by=by)}"
+        f" / {rate('imageiq_prediction_confidence_count', by=by)}"
+        f" and on ({by}) {in_canary}"
+    )
+    buckets = rate("imageiq_inference_seconds_bucket", by=f"le, {by}")
+    p95 = f"histogram_quantile(0.95, {buckets}) and on ({by}) {in_canary}"
+    last_run = f"max by (outcome) (imageiq_retrain_last_run_timestamp_seconds{{{SEL}}} > 0)"
+    rollbacks = f"sum(increase(imageiq_canary_rollbacks_total{{{SEL}}}[$__range])) or vector(0)"
+    no_canary = "No canary running"
+    return [
+        single(
+            "Since the last retrain run",
+            "Time since the latest `imageiq retrain` run with each outcome (promoted, canary, "
+            "rejected, failed). ImageIQRetrainFailed fires while the latest run failed, "
+            "ImageIQRetrainStale when no run came for two schedule periods.",
+            f"time() - {last_run}",
+            unit="s",
+            legend="{{outcome}}",
+        )
+        .span(12)
+        .height(4),
+        single(
+            "Canary rollbacks",
+            "Canaries rolled back in the dashboard's time range, by their policy or by hand "
+            "(ImageIQCanaryRolledBack fires for an hour after each).",
+            rollbacks,
+            unit="short",
+            red_above=1,
+        ).span(6),
+        single(
+            "Challenger share",
+            "Share of the requests that name no version routed to the challenger now; 0: no "
+            "canary.",
+            f"max(imageiq_canary_share{{{SEL}}}) or vector(0)",
+            unit="percentunit",
+        ).span(6),
+        bars(
+            "Labelled images per class",
+            "Stored images with an effective human label, per class: the training data of the "
+            "next retrain run.",
+            f"sort_desc(max by (label) (imageiq_labelled_images{{{SEL}}}))",
+            "{{label}}",
+            unit="short",
+        ),
+        graph(
+            "Retrain runs by outcome",
+            "`imageiq retrain` runs recorded in the database: promoted (straight to serving), "
+            "canary (serving a share first), rejected (did not pass its gates), failed.",
+            queries((f"max by (outcome) (imageiq_retrain_runs{{{SEL}}})", "{{outcome}}")),
+        ),
+        graph(
+            "Canary share",
+            "Share of the requests that name no version routed to each challenger; 0 when no "
+            "canary runs.",
+            queries((f"max by ({by}) (imageiq_canary_share{{{SEL}}})", MODEL)),
+            unit="percentunit",
+        ),
+        graph(
+            "Canary agreement",
+            "Share of each version's canary-period predictions that later human feedback "
+            "confirmed: champion and challenger side by side.",
+            queries((in_canary, MODEL)),
+            unit="percentunit",
+            no_value=no_canary,
+        ),
+        graph(
+            "Canary error ratio",
+            "5xx among each canary version's requests.",
+            queries((error_ratio, "{{model}}")),
+            unit="percentunit",
+            width=8,
+            no_value=no_canary,
+        ),
+        graph(
+            "Canary mean confidence",
+            "Mean top-1 score of each canary version's predictions.",
+            queries((mean, MODEL)),
+            unit="percentunit",
+            width=8,
+            no_value=no_canary,
+        ),
+        graph(
+            "Canary p95 inference latency",
+            "95th percentile of each canary version's forward pass per batch.",
+            queries((p95, MODEL)),
+            unit="s",
+            width=8,
+            no_value=no_canary,
+        ),
+    ]
+
+
 def variables() -> list[Builder[models.VariableModel]]:
     # imageiq_model_ready exists as soon as a pod is up, before its first request.
     def label(name: str, of: str) -> db.QueryVariable:
@@ -291,7 +408,10 @@ def build() -> dict[str, object]:
     dashboard = (
         db.Dashboard("ImageIQ")
         .uid("imageiq-overview")
-        .description("ImageIQ image classification: traffic, latency, model, cache, capacity.")
+        .description(
+            "ImageIQ image classification: traffic, latency, model, cache, capacity, and the "
+            "closed loop (labelled data, retraining, canaries)."
+        )
         .tags(["imageiq", "bentoml"])
         .readonly()
         .refresh("30s")
@@ -310,6 +430,7 @@ def build() -> dict[str, object]:
         ("Capacity", capacity()),
         ("Dependencies and prediction records", dependencies()),
         ("GPU", gpus()),
+        ("Closed loop", closed_loop()),
     ]
     for title, panels in sections:
         dashboard = dashboard.with_row(db.Row(title))

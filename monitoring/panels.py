@@ -1,4 +1,4 @@
-"""The panel kinds of ImageIQ's dashboard, one look each: graph, single number, heatmap.
+"""The panel kinds of ImageIQ's dashboard, one look each: graph, single number, heatmap, bars.
 
 Every query reads the data source the `datasource` variable picks and the series of the
 `namespace` and `job` the dashboard's variables select; dashboards.py says what to plot.
@@ -6,9 +6,9 @@ Every query reads the data source the `datasource` variable picks and the series
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import bargauge, heatmap, prometheus, stat, timeseries
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import heatmap, prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.variants import Dataquery
 from grafana_foundation_sdk.models import common
@@ -81,9 +81,16 @@ def graph(
 
 
 def single(
-    title: str, description: str, expr: str, *, unit: str, red_above: float | None = None
+    title: str,
+    description: str,
+    expr: str,
+    *,
+    unit: str,
+    red_above: float | None = None,
+    legend: str = "",
 ) -> stat.Panel:
-    """The latest value; red above the threshold of the alert that watches it, if any."""
+    """The latest value (one per series, named by `legend`); red above the threshold of the
+    alert that watches it, if any."""
     steps = [models.Threshold(value=None, color="green")]
     if red_above is not None:
         steps.append(models.Threshold(value=red_above, color="red"))
@@ -92,7 +99,7 @@ def single(
         .title(title)
         .description(description)
         .datasource(DATASOURCE)
-        .with_target(query(expr, ""))
+        .with_target(query(expr, legend))
         .unit(unit)
         .thresholds(db.ThresholdsConfig().mode(models.ThresholdsMode.ABSOLUTE).steps(steps))
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
@@ -126,5 +133,31 @@ def distribution(title: str, description: str, metric: str, *, unit: str) -> hea
         .y_axis(heatmap.YAxisConfig().unit(unit))
         .color(colors)
         .span(8)
+        .height(8)
+    )
+
+
+def bars(title: str, description: str, expr: str, legend: str, *, unit: str) -> bargauge.Panel:
+    """One bar per series at the end of the range, longest first when the query sorts them:
+    for a breakdown (per class, per outcome) that a graph's lines would tangle."""
+    return (
+        bargauge.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .with_target(query(expr, legend).instant())
+        .unit(unit)
+        .min(0)
+        .thresholds(
+            db.ThresholdsConfig()
+            .mode(models.ThresholdsMode.ABSOLUTE)
+            .steps([models.Threshold(value=None, color="blue")])
+        )
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
+        .display_mode(common.BarGaugeDisplayMode.BASIC)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .value_mode(common.BarGaugeValueMode.TEXT)
+        .show_unfilled(True)
+        .span(12)
         .height(8)
     )

@@ -78,7 +78,12 @@ def _strip_helm(node: Any) -> None:
 
 def merge_patch(base: Any, target: Any) -> Any:
     """A strategic-merge patch turning `base` into `target`: changed keys, removed keys as
-    null, and lists whole (the equality test catches a list kustomize would merge)."""
+    null, and lists whole. A list of named items (containers, env, volumes...) is one that
+    kustomize would merge by name, keeping the items the target dropped and the base's order:
+    it leads with `$patch: replace`, so it replaces the base's list as every other list does
+    (the equality test catches a list kustomize would still merge)."""
+    if isinstance(target, list) and _named(base) and _named(target):
+        return [{"$patch": "replace"}, *target]
     if not (isinstance(base, dict) and isinstance(target, dict)):
         return target
     patch: dict[str, Any] = {}
@@ -90,6 +95,14 @@ def merge_patch(base: Any, target: Any) -> Any:
         elif base[key] != value:
             patch[key] = merge_patch(base[key], value)
     return patch
+
+
+def _named(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, dict) and "name" in item for item in value)
+    )
 
 
 class _Dumper(yaml.SafeDumper):

@@ -58,6 +58,7 @@ def test_production_values_render_every_feature() -> None:
     kinds = {kind for kind, _ in objects(CHART / "ci/production-values.yaml")}
     assert kinds == {
         "ConfigMap",
+        "CronJob",
         "Deployment",
         "HorizontalPodAutoscaler",
         "PersistentVolumeClaim",

@@ -63,6 +63,29 @@ def test_overlays_differ_where_they_should() -> None:
     assert "nvidia.com/gpu" not in str(cpu["Deployment"])
 
 
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_the_retrain_cronjob_ships_suspended(directory: str) -> None:
+    """`kubectl apply -k` creates the CronJob but starts no run until someone unsuspends it
+    (k8s/README.md, "Scheduled retraining")."""
+    built = {o["kind"]: o for o in load_all(kustomize(ROOT / "k8s" / directory))}
+    spec = built["CronJob"]["spec"]
+    assert spec["suspend"] is True
+    assert spec["concurrencyPolicy"] == "Forbid"
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    assert main["args"][:4] == ["python", "-m", "imageiq_cli", "retrain"]
+    assert (
+        main["envFrom"]
+        == built["Deployment"]["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    )
+    limits = main["resources"]["limits"]
+    assert ("nvidia.com/gpu" in limits) == (directory == "overlays/gpu")
+    # The base keeps its images on the data claim, which the runs mount; the overlays use S3.
+    mounts = {m["name"] for m in main["volumeMounts"]}
+    assert ("data" in mounts) == (directory == "base")
+    assert "Scheduled retraining" in (ROOT / "k8s/README.md").read_text()
+
+
 def test_a_hand_edit_or_a_stale_overlay_is_caught(tmp_path: Path) -> None:
     for part in ("helm", "k8s", "scripts"):
         shutil.copytree(ROOT / part, tmp_path / part)

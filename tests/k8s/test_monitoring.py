@@ -301,3 +301,87 @@ def test_referenced_metrics_are_declared() -> None:
 def test_a_renamed_metric_is_caught() -> None:
     renamed = METRICS.read_text().replace('"imageiq_records_pending"', '"imageiq_records_queued"')
     assert unknown_metrics(all_exprs(), declared_metrics(renamed)) == {"imageiq_records_pending"}
+
+
+# --- The closed loop ----------------------------------------------------------------------
+
+CLOSED_LOOP_METRICS = {
+    "imageiq_labelled_images",
+    "imageiq_retrain_runs",
+    "imageiq_retrain_last_run_timestamp_seconds",
+    "imageiq_canary_share",
+    "imageiq_canary_agreement",
+    "imageiq_canary_rollbacks_total",
+    "imageiq_requests_total",
+    "imageiq_prediction_confidence_sum",
+    "imageiq_prediction_confidence_count",
+    "imageiq_inference_seconds_bucket",
+}
+
+
+def closed_loop_row(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panels under the "Closed loop" row (up to the next row)."""
+    rows = [i for i, p in enumerate(model["panels"]) if p["type"] == "row"]
+    (start,) = [i for i in rows if model["panels"][i]["title"] == "Closed loop"]
+    end = next((i for i in rows if i > start), len(model["panels"]))
+    return model["panels"][start + 1 : end]
+
+
+def test_the_closed_loop_row_shows_every_closed_loop_metric() -> None:
+    row = closed_loop_row(dashboard())
+    exprs = [t["expr"] for p in row for t in p["targets"]]
+    assert {name for expr in exprs for name in METRIC_REF.findall(expr)} == CLOSED_LOOP_METRICS
+    titles = {p["title"]: p for p in row}
+    # Labelled images per class: one bar per class, replicas' copies merged by max.
+    bars = titles["Labelled images per class"]
+    assert bars["type"] == "bargauge"
+    assert "max by (label) (imageiq_labelled_images" in bars["targets"][0]["expr"]
+    # The database's gauges are read with max across replicas, never summed.
+    for expr in exprs:
+        for gauge in ("imageiq_labelled_images", "imageiq_retrain", "imageiq_canary_share"):
+            if gauge in expr:
+                assert "sum" not in expr.split(gauge)[0][-20:], expr
+    # The side-by-side panels keep the versions in a canary (those with an agreement).
+    for title in ("Canary error ratio", "Canary mean confidence", "Canary p95 inference latency"):
+        (target,) = titles[title]["targets"]
+        assert "imageiq_canary_agreement" in target["expr"], title
+    assert titles["Canary p95 inference latency"]["targets"][0]["expr"].startswith(
+        "histogram_quantile(0.95"
+    )
+
+
+def exprs_by(kind: str) -> dict[str, str]:
+    """Alert or record name -> its expressions (a name may have several rules), joined."""
+    joined: dict[str, str] = {}
+    for rule in rules():
+        if kind in rule:
+            joined[rule[kind]] = joined.get(rule[kind], "") + rule["expr"]
+    return joined
+
+
+def test_closed_loop_alerts_read_the_closed_loop_metrics() -> None:
+    by_alert, records = exprs_by("alert"), exprs_by("record")
+    failed = by_alert["ImageIQRetrainFailed"]
+    assert "namespace_job_outcome:imageiq_retrain_last_run_timestamp_seconds:max" in failed
+    assert "namespace_cronjob_condition:kube_job_status_start_time:max" in failed
+    assert "imageiq_retrain_last_run_timestamp_seconds" in " ".join(records.values())
+    assert (
+        "kube_job_failed" in records["namespace_cronjob_condition:kube_job_status_start_time:max"]
+    )
+    assert "imageiq_canary_rollbacks_total" in by_alert["ImageIQCanaryRolledBack"]
+    assert (
+        "namespace_job:imageiq_retrain_schedule_period_seconds:max"
+        in by_alert["ImageIQRetrainStale"]
+    )
+    # The CronJob's Jobs, as the chart names them, are what the Kubernetes rule selects.
+    job_regex = re.search(r'job_name=~"([^"]+)"', " ".join(records.values()))
+    assert job_regex and re.fullmatch(job_regex.group(1), "imageiq-retrain-29012345")
+    assert not re.fullmatch(job_regex.group(1), "backup-retrain-29012345")
+
+
+def test_schema_rejects_a_broken_bar_gauge() -> None:
+    broken = copy.deepcopy(dashboard())
+    bars = next(p for p in panels(broken) if p["type"] == "bargauge")
+    bars["options"]["dispalyMode"] = "basic"
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    assert list(validator.iter_errors(broken))

@@ -252,3 +252,54 @@ def test_helm_test_script_passes(pod_and_url: tuple[Pod, str], bento: Path, tmp_
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith("ok")
+
+
+def test_the_retrain_cronjob_reaches_imageiq_retrain(bento: Path, tmp_path: Path) -> None:
+    """The CronJob's container as the image would run it: its args from its working
+    directory (the scratch volume, here an empty directory) with its PYTHONPATH (the bento's
+    source) reach `imageiq retrain`, and the chart's default options parse."""
+    rendered = load_all(
+        render(
+            CHART,
+            set_values=[
+                "retrain.enabled=true",
+                "secrets.database.existingSecret=imageiq-db",
+                "config.s3Bucket=imageiq-images",
+            ],
+        )
+    )
+    (cronjob,) = [o for o in rendered if o["kind"] == "CronJob"]
+    (main,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in main["env"] if "value" in e}
+    assert env["PYTHONPATH"] == f"{IMAGE_BENTO}/src"
+    scratch = tmp_path / "scratch"  # the emptyDir at main["workingDir"]
+    scratch.mkdir()
+    assert main["workingDir"] == "/tmp"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("BENTOML_", "IMAGEIQ_"))}
+    run_env = {**base_env, "PYTHONPATH": str(bento / "src"), "BENTOML_HOME": str(scratch / "b")}
+    args = main["args"]
+    assert args[:4] == ["python", "-m", "imageiq_cli", "retrain"]
+    helped = subprocess.run(
+        [sys.executable, *args[1:], "--help"],
+        cwd=scratch,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert helped.returncode == 0, helped.stdout + helped.stderr
+    assert "--rollout" in helped.stdout
+    parse = (
+        "import sys; from imageiq_cli.main import build_parser; "
+        "a = build_parser().parse_args(sys.argv[1:]); print(a.func.__name__)"
+    )
+    parsed = subprocess.run(
+        [sys.executable, "-c", parse, *args[3:]],
+        cwd=scratch,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert parsed.returncode == 0, parsed.stderr
+    assert parsed.stdout.strip() == "cmd_retrain"

@@ -74,13 +74,19 @@ The service account to use.
 
 {{/*
 The image of a track: the canary's tag when it sets one, else image.tag, else appVersion.
+The "retrain" track (the CronJob) takes retrain.image's repository and tag where set.
 */}}
 {{- define "imageiq.image" -}}
+{{- $repository := .root.Values.image.repository }}
 {{- $tag := default .root.Chart.AppVersion .root.Values.image.tag }}
 {{- if and (eq .track "canary") .root.Values.canary.image.tag }}
 {{- $tag = .root.Values.canary.image.tag }}
 {{- end }}
-{{- printf "%s:%s" .root.Values.image.repository $tag }}
+{{- if eq .track "retrain" }}
+{{- $repository = default $repository .root.Values.retrain.image.repository }}
+{{- $tag = default $tag .root.Values.retrain.image.tag }}
+{{- end }}
+{{- printf "%s:%s" $repository $tag }}
 {{- end }}
 
 {{/*
@@ -227,6 +233,77 @@ The claim of the data volume: the operator's, or the chart's (templates/pvc.yaml
 */}}
 {{- define "imageiq.dataClaim" -}}
 {{- .Values.dataVolume.persistence.existingClaim | default (printf "%s-data" (include "imageiq.fullname" .)) }}
+{{- end }}
+
+{{/*
+The egress rules of the server pods (and of the retrain runs, which reach the same
+dependencies): DNS, then each dependency the values configure, then networkPolicy.egress.extra.
+*/}}
+{{- define "imageiq.egressRules" -}}
+{{- $policy := .Values.networkPolicy -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with $policy.egress.dns }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if .Values.secrets.database.existingSecret }}
+# PostgreSQL.
+{{ include "imageiq.egressRule" $policy.egress.database }}
+{{- end }}
+{{- if .Values.secrets.redis.existingSecret }}
+# Redis.
+{{ include "imageiq.egressRule" $policy.egress.redis }}
+{{- end }}
+{{- if or .Values.config.s3Bucket .Values.canary.config.s3Bucket }}
+# S3 (stored images).
+{{ include "imageiq.egressRule" $policy.egress.s3 }}
+{{- end }}
+{{- with $policy.egress.extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the retrain CronJob: "<fullname>-retrain", the fullname cut so that the names of
+its Jobs ("<cronjob>-<minutes since 1970>") stay within the 63 characters of a label value.
+*/}}
+{{- define "imageiq.retrainName" -}}
+{{- printf "%s-retrain" (include "imageiq.fullname" . | trunc 44 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+True ("true") when the retrain runs mount the data volume's claim: without config.s3Bucket
+the stored images (data_dir/images) and the model versions a run publishes for the pods to
+import (data_dir/models) are files there. With S3 the runs need nothing of the pods' volume.
+*/}}
+{{- define "imageiq.retrainMountsData" -}}
+{{- if not .Values.config.s3Bucket }}true{{ end }}
+{{- end }}
+
+{{/*
+Refuses retrain values that would train on something else than what the pods record, or
+publish where they cannot import from: the embedded SQLite (a file in the pods' volume,
+unsafe to share with another pod), a data volume the runs cannot reach (an emptyDir, or a
+claim they could not mount beside the pods) when the images and models live on it.
+*/}}
+{{- define "imageiq.refuseRetrain" -}}
+{{- $values := .Values }}
+{{- if include "imageiq.embeddedDatabase" . }}
+{{- fail "retrain.enabled needs a shared database: set secrets.database.existingSecret (the embedded SQLite lives in the pods' data volume, and a retrain run would see an empty database of its own)" }}
+{{- end }}
+{{- if include "imageiq.retrainMountsData" . }}
+{{- $persistence := $values.dataVolume.persistence }}
+{{- if not $persistence.enabled }}
+{{- fail "retrain.enabled needs the stored images and a model repository the pods share: set config.s3Bucket, or dataVolume.persistence.enabled so that the runs mount the claim they are on (an emptyDir is the pod's own)" }}
+{{- end }}
+{{- if and (not $persistence.existingClaim) (not (has "ReadWriteMany" $persistence.accessModes)) }}
+{{- fail "retrain.enabled mounts the data volume's claim (stored images, published models) beside the serving pods: dataVolume.persistence.accessModes needs ReadWriteMany (or give an existingClaim that is), or set config.s3Bucket" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
