@@ -1,15 +1,20 @@
 """The model registry: ImageIQ models in the BentoML model store.
 
 A registered model is ``<name>:<version>`` (default name ``imageiq-classifier``) holding
-``weights.pt`` (a state dict; no pickled code) and, in the store's metadata, a
-:class:`ModelCard`: architecture, labels, heads, preprocessing, metrics, dataset fingerprint,
-training config and creation time. Loading rebuilds the network from the card.
+``weights.pt`` (a state dict; no pickled code), any files registered with it (the data set's
+snapshot ``dataset.jsonl``: :func:`read_model_file`) and, in the store's metadata, a
+:class:`ModelCard`: architecture, labels, heads, preprocessing, metrics, dataset fingerprint
+and snapshot, training config and creation time. Loading rebuilds the network from the card.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -26,6 +31,10 @@ from imageiq.preprocessing import PreprocessConfig
 DEFAULT_MODEL_NAME = "imageiq-classifier"
 WEIGHTS_FILE = "weights.pt"
 CARD_VERSION = 1
+# Names a file registered with a model may have: plain names in the model's directory, never
+# a path, and never one of the files the store or the weights already use.
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_RESERVED_FILES = frozenset({WEIGHTS_FILE, "model.yaml", "custom_objects.pkl"})
 
 
 class ModelCard(BaseModel):
@@ -46,6 +55,9 @@ class ModelCard(BaseModel):
     # Exported files in the model's directory (imageiq export): format -> file and check.
     exports: dict[str, dict[str, Any]] = Field(default_factory=dict)
     dataset_fingerprint: str | None = None
+    # The data set's snapshot, a file registered with the model: {"file", "images", "sha256"}
+    # (training/sources.py, snapshot_entry); what `--data snapshot:<tag>` rebuilds.
+    dataset_snapshot: dict[str, Any] | None = None
     training_config: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     software: dict[str, str] = Field(
@@ -70,10 +82,20 @@ class RegisteredModel:
 
 
 def register_model(
-    net: ImageIQNet, card: ModelCard, *, name: str = DEFAULT_MODEL_NAME
+    net: ImageIQNet,
+    card: ModelCard,
+    *,
+    name: str = DEFAULT_MODEL_NAME,
+    files: Mapping[str, bytes] | None = None,
 ) -> RegisteredModel:
-    """Write ``net``'s weights and ``card`` to the store as a new version of ``name``."""
+    """Write ``net``'s weights, ``card`` and ``files`` (name -> content, next to the weights)
+    to the store as a new version of ``name``. A card that names a snapshot file must come
+    with that file, and its sha256 must match: a card never describes what is not there."""
     _check_matches(net, card)
+    files = dict(files or {})
+    for filename in files:
+        _check_file_name(filename)
+    _check_snapshot(card, files)
     metadata = _drop_none(card.model_dump(mode="json"))
     with bentoml.models.create(
         name,
@@ -81,7 +103,21 @@ def register_model(
         metadata=metadata,
     ) as stored:
         torch.save(net.state_dict(), stored.path_of(WEIGHTS_FILE))
+        for filename, content in files.items():
+            Path(stored.path_of(filename)).write_bytes(content)
     return get_model(str(stored.tag))  # its path in the store, not the staging directory
+
+
+def read_model_file(model: RegisteredModel, filename: str) -> bytes:
+    """A file registered with ``model`` (``files`` of :func:`register_model`)."""
+    _check_file_name(filename)
+    try:
+        return (Path(model.path) / filename).read_bytes()
+    except FileNotFoundError as e:
+        raise ModelNotFound(
+            f"{model.tag} has no file {filename!r}: it was registered without it.",
+            details={"model": model.tag, "file": filename},
+        ) from e
 
 
 def get_model(tag: str) -> RegisteredModel:
@@ -141,6 +177,31 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_none(v) for v in value if v is not None]
     return value
+
+
+def _check_file_name(filename: str) -> None:
+    if not _FILE_NAME.fullmatch(filename) or filename in _RESERVED_FILES:
+        raise ConfigurationError(
+            f"{filename!r} cannot be a model's file: use a plain name of letters, digits, "
+            f"'.', '_' and '-' (at most 128), other than {', '.join(sorted(_RESERVED_FILES))}."
+        )
+
+
+def _check_snapshot(card: ModelCard, files: Mapping[str, bytes]) -> None:
+    snapshot = card.dataset_snapshot
+    if snapshot is None:
+        return
+    filename = snapshot.get("file")
+    if not isinstance(filename, str) or filename not in files:
+        raise ConfigurationError(
+            f"The card's dataset_snapshot names the file {filename!r}, which is not among the "
+            f"files registered with the model ({', '.join(sorted(files)) or 'none'})."
+        )
+    expected = snapshot.get("sha256")
+    if expected is not None and hashlib.sha256(files[filename]).hexdigest() != expected:
+        raise ConfigurationError(
+            f"The card's dataset_snapshot sha256 does not match the file {filename!r}."
+        )
 
 
 def _check_matches(net: ImageIQNet, card: ModelCard) -> None:

@@ -4,6 +4,11 @@ Training, evaluation and the CLI should not care where images live: they get sor
 the class and attribute-head vocabularies, a content fingerprint and a way to read the bytes.
 A bad entry is skipped and reported, because one corrupt file among 100,000 should not stop a
 run; a source that cannot be used at all is a ``DatasetError``.
+
+Every sample keeps the sha256 of the bytes it was checked with (the fingerprint needs it
+anyway), so the data set's **snapshot** saved with a model (:func:`snapshot_rows`, one JSON
+line per image: id, where it came from, label, attributes, split) costs no second read, and
+:func:`training.db_source.load_snapshot` can rebuild exactly that data set later.
 """
 
 from __future__ import annotations
@@ -15,24 +20,32 @@ import json
 import os
 import posixpath
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imageiq.errors import DatasetError, ImageIQError
+from imageiq.errors import ConfigurationError, DatasetError, ImageIQError, ImageNotFound
 from imageiq.images import decode_image
 from training.data import scan_image_folder
+
+if TYPE_CHECKING:
+    from imageiq.settings import Settings
+    from imageiq.storage import ObjectStore
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 PATH_COLUMNS = ("path_or_s3_uri", "path", "uri")
 UNKNOWN = -100  # torch's CrossEntropyLoss ignore_index: an unknown attribute adds no loss
 _S3_MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 _WORKERS = 8  # reads wait on disk or network; Pillow decodes with the GIL released
+# An image the service stored, read from its object store by image id: ``store:<sha256>``.
+STORE_SCHEME = "store:"
+SNAPSHOT_FILE = "dataset.jsonl"  # the snapshot's name next to a registered model's weights
+SPLITS = ("train", "held_out")
 
 Progress = Callable[[int, int], None]
 _Row = tuple[str, str, str, dict[str, str]]  # where, path as written, label, attributes
@@ -40,9 +53,13 @@ _Row = tuple[str, str, str, dict[str, str]]  # where, path as written, label, at
 
 @dataclass(frozen=True)
 class Sample:
-    uri: str  # absolute local path, or s3://bucket/key
+    uri: str  # absolute local path, s3://bucket/key, or store:<image id>
     label: str
     attributes: dict[str, str]  # head -> value; "" = unknown for this image
+    # Set once the bytes are checked: their sha256, and the image's name in the fingerprint
+    # (its path relative to the source, or its image id), kept for the snapshot.
+    sha256: str = ""
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,29 +77,38 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 class BlobReader:
-    """Bytes of a local path or an s3:// URI. The boto3 client is made on first use, per
-    process: it is left out when pickled (spawned DataLoader workers) and remade after a fork
-    (forked workers), since a client's connection pool must not be shared between processes."""
+    """Bytes of a local path, an s3:// URI, or ``store:<image id>``: an image the service
+    stored, read from the object store ``settings`` name (:func:`imageiq.storage.build_store`).
+    The boto3 client and the store are made on first use, per process: they are left out when
+    pickled (spawned DataLoader workers rebuild them from ``s3`` and ``settings``) and remade
+    after a fork (forked workers), since a connection pool must not be shared between
+    processes."""
 
-    def __init__(self, *, s3: S3Options | None = None) -> None:
+    def __init__(self, *, s3: S3Options | None = None, settings: Settings | None = None) -> None:
         self.s3 = s3 or S3Options()
+        self.settings = settings
         self._client: Any = None
+        self._store: ObjectStore | None = None
         self._lock, self._pid = threading.Lock(), os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"s3": self.s3}
+        return {"s3": self.s3, "settings": self.settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(BlobReader(s3=state["s3"]).__dict__)
+        fresh = BlobReader(s3=state["s3"], settings=state.get("settings"))
+        self.__dict__.update(fresh.__dict__)
 
     def read(self, uri: str) -> bytes:
         """Raises ``DatasetError`` (details: uri, reason) when this file or object cannot be
-        read. botocore's connection and credential errors pass through: they are about the
-        store, not this image, and the caller decides whether that is fatal."""
+        read. botocore's connection and credential errors, and the object store's
+        ``StorageUnavailable``, pass through: they are about the store, not this image, and
+        the caller decides whether that is fatal."""
         try:
             if uri.startswith("s3://"):
                 bucket, key = split_s3_uri(uri)
                 return bytes(self._s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+            if uri.startswith(STORE_SCHEME):
+                return self._read_stored(uri)
             return Path(uri).read_bytes()
         except FileNotFoundError:
             reason = "not found"
@@ -95,9 +121,44 @@ class BlobReader:
             f"Could not read {uri}: {reason}.", details={"uri": uri, "reason": reason}
         )
 
-    def _s3_client(self) -> Any:
+    def _read_stored(self, uri: str) -> bytes:
+        store = self._object_store()
+        try:
+            key = store.key_for(uri.removeprefix(STORE_SCHEME))
+        except ValueError as e:
+            reason = "not an image id (64 lowercase hex digits)"
+            raise DatasetError(
+                f"Could not read {uri}: {reason}.", details={"uri": uri, "reason": reason}
+            ) from e
+        try:
+            return store.get(key)
+        except ImageNotFound as e:
+            reason = f"not found in {store.where}"
+            raise DatasetError(
+                f"Could not read {uri}: {reason}.", details={"uri": uri, "reason": reason}
+            ) from e
+
+    def _object_store(self) -> ObjectStore:
+        from imageiq.storage import build_store
+
+        if self.settings is None:
+            raise ConfigurationError(
+                "Images named store:<image id> are read from the service's object store: "
+                "give the reader the settings that name it."
+            )
+        self._same_process()
+        with self._lock:
+            if self._store is None:
+                self._store = build_store(self.settings)
+            return self._store
+
+    def _same_process(self) -> None:
         if self._pid != os.getpid():
-            self._client, self._lock, self._pid = None, threading.Lock(), os.getpid()
+            self._client, self._store = None, None
+            self._lock, self._pid = threading.Lock(), os.getpid()
+
+    def _s3_client(self) -> Any:
+        self._same_process()
         with self._lock:  # creating clients is not thread-safe; using one is
             if self._client is None:
                 self._client = boto3.session.Session().client(
@@ -115,6 +176,9 @@ class LabelledData:
     skipped: list[tuple[str, str]]  # (uri or "manifest line N", reason)
     fingerprint: str  # the same fingerprint: the same bytes under the same labels
     reader: BlobReader = field(default_factory=BlobReader, repr=False, compare=False)
+    # Per sample, "train" or "held_out": the split a snapshot recorded, when the data was
+    # rebuilt from one that did; None otherwise.
+    split: tuple[str, ...] | None = None
 
     @property
     def targets(self) -> list[int]:
@@ -158,20 +222,15 @@ def load_data(
     else:
         head_names, entries, base = _read_manifest(text, reader=reader, skipped=skipped)
     candidates = sorted(_drop_duplicates(entries, skipped=skipped), key=lambda s: s.uri)
-    checked = _check_all(
+    checked = check_samples(
         candidates, reader=reader, max_pixels=max_pixels, check=check, progress=progress
     )
-    samples, rows_for_fingerprint = [], []
+    samples = []
     for sample, (sha, reason) in zip(candidates, checked, strict=True):
         if reason:
             skipped.append((sample.uri, reason))
             continue
-        samples.append(sample)
-        key = _relative_key(sample.uri, base)
-        # Without heads the row is training/data.py's, so a folder keeps its fingerprint.
-        attrs = json.dumps(sample.attributes, sort_keys=True, ensure_ascii=False)
-        attrs = f"{attrs}\t" if head_names else ""
-        rows_for_fingerprint.append(f"{key}\t{sample.label}\t{attrs}{sha}\n")
+        samples.append(replace(sample, sha256=sha, name=_relative_key(sample.uri, base)))
     classes = sorted({s.label for s in samples})
     if len(classes) < 2:
         raise DatasetError(
@@ -187,12 +246,24 @@ def load_data(
                 f"Attribute {head!r} in {text} needs at least 2 known values among the usable "
                 f"images; found {values or 'none'}. Leave the column out if it is not a head."
             )
+    fingerprint = dataset_fingerprint(samples, with_attributes=bool(head_names))
+    return LabelledData(text, classes, heads, samples, skipped, fingerprint, reader)
+
+
+def dataset_fingerprint(samples: Iterable[Sample], *, with_attributes: bool) -> str:
+    """sha256 over the sorted (name, label, [attributes,] sha256 of the bytes) rows of checked
+    samples: the same fingerprint means the same images under the same labels, wherever they
+    are read from. Without attribute heads the row is training/data.py's, so a folder keeps
+    its fingerprint."""
+    rows = []
+    for sample in samples:
+        attrs = json.dumps(sample.attributes, sort_keys=True, ensure_ascii=False)
+        attrs = f"{attrs}\t" if with_attributes else ""
+        rows.append(f"{sample.name}\t{sample.label}\t{attrs}{sample.sha256}\n")
     digest = hashlib.sha256()
-    for row in sorted(rows_for_fingerprint):
+    for row in sorted(rows):
         digest.update(row.encode())
-    return LabelledData(
-        text, classes, heads, samples, skipped, "sha256:" + digest.hexdigest(), reader
-    )
+    return "sha256:" + digest.hexdigest()
 
 
 def _read_manifest(
@@ -338,15 +409,17 @@ def _drop_duplicates(
     return kept
 
 
-def _check_all(
+def check_samples(
     samples: Sequence[Sample],
     *,
     reader: BlobReader,
     max_pixels: int,
-    check: bool,
-    progress: Progress | None,
+    check: bool = True,
+    progress: Progress | None = None,
 ) -> list[tuple[str, str]]:
-    """(sha256, "") or ("", reason) per sample, in order whatever the threads' timing."""
+    """(sha256, "") or ("", reason) per sample, in order whatever the threads' timing: each
+    is read once (the fingerprint is over the bytes) and, with ``check``, decoded as the
+    server would, so a file that would fail mid-epoch is skipped now."""
 
     def inspect(sample: Sample) -> tuple[str, str]:
         try:
@@ -380,3 +453,94 @@ def _check_all(
 
 def _unreachable(e: BotoCoreError) -> DatasetError:
     return DatasetError(f"Could not use S3 ({e}); check the endpoint, region and credentials.")
+
+
+# --- dataset snapshots ------------------------------------------------------------------------
+def image_id(sample: Sample) -> str:
+    """The image's id: the service's id of a stored image (the sha256 of the bytes its client
+    sent, which the store may have kept without their metadata), else the sha256 of the bytes
+    read."""
+    if sample.uri.startswith(STORE_SCHEME):
+        return sample.uri.removeprefix(STORE_SCHEME)
+    return sample.sha256
+
+
+def snapshot_rows(
+    data: LabelledData,
+    train_idx: Sequence[int] | None = None,
+    val_idx: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per sample of ``data``, in its order: ``id`` (:func:`image_id`), ``sha256`` of
+    the bytes read, ``uri`` (where they came from), ``name`` (its name in the fingerprint),
+    ``label``, ``attributes``, and ``split`` ("train" or "held_out") for the indices given:
+    what rebuilding the same data set needs, and what proves it unchanged."""
+    split: dict[int, str] = {}
+    for name, indices in zip(SPLITS, (train_idx or [], val_idx or []), strict=True):
+        for i in indices:
+            if not 0 <= i < len(data.samples) or i in split:
+                raise ValueError(f"split index {i} is out of range or in both splits")
+            split[i] = name
+    rows = []
+    for i, sample in enumerate(data.samples):
+        if not sample.sha256:
+            raise ValueError(f"{sample.uri} was not checked: it has no sha256 to snapshot")
+        row: dict[str, Any] = {
+            "id": image_id(sample),
+            "sha256": sample.sha256,
+            "uri": sample.uri,
+            "name": sample.name,
+            "label": sample.label,
+            "attributes": sample.attributes,
+        }
+        if i in split:
+            row["split"] = split[i]
+        rows.append(row)
+    return rows
+
+
+def write_snapshot(rows: Iterable[dict[str, Any]]) -> bytes:
+    """JSON Lines (UTF-8, keys sorted): one row per line, diffable and streamable."""
+    lines = (json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows)
+    return "".join(lines).encode()
+
+
+def read_snapshot(content: bytes) -> list[dict[str, Any]]:
+    """The rows :func:`write_snapshot` wrote; a malformed one is a ``DatasetError`` naming
+    its line, since a snapshot that is not what was saved cannot rebuild anything exactly."""
+    try:
+        text = content.decode()
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"The dataset snapshot is not UTF-8 text ({e.reason}).") from e
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"Dataset snapshot line {n} is not valid JSON ({e.msg}).") from e
+        problem = _snapshot_row_problem(row)
+        if problem:
+            raise DatasetError(f"Dataset snapshot line {n}: {problem}.")
+        rows.append(row)
+    return rows
+
+
+def snapshot_entry(content: bytes, *, images: int) -> dict[str, Any]:
+    """The model card's ``dataset_snapshot``: the file, its images and its sha256 (checked
+    before a rebuild)."""
+    return {"file": SNAPSHOT_FILE, "images": images, "sha256": hashlib.sha256(content).hexdigest()}
+
+
+def _snapshot_row_problem(row: object) -> str:
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    for key in ("id", "sha256", "uri", "name", "label"):
+        if not isinstance(row.get(key), str) or not row[key]:
+            return f"{key!r} must be a non-empty string"
+    attributes = row.get("attributes")
+    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+        return "'attributes' must be an object of strings"
+    if "split" in row and row["split"] not in SPLITS:
+        return f"'split' must be one of {', '.join(SPLITS)}"
+    return ""
