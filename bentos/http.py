@@ -466,20 +466,20 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _routes(routes: Any) -> Iterator[Any]:
+def flat_routes(routes: Any) -> Iterator[Any]:
     """The app's endpoint routes, with the routers it includes flattened (FastAPI keeps an
     included router as one route of its own)."""
     for route in routes:
         included = getattr(route, "original_router", None)
         if included is not None:
-            yield from _routes(included.routes)
+            yield from flat_routes(included.routes)
         elif getattr(route, "path", "") != "/{path:path}":  # not the catch-all
             yield route
 
 
 def matched_route(app: Any, scope: Scope) -> Any | None:
     """The route that serves this request (path and method), if any."""
-    for route in _routes(getattr(app, "routes", ())):
+    for route in flat_routes(getattr(app, "routes", ())):
         if route.matches(dict(scope))[0] == Match.FULL:
             return route
     return None
@@ -490,7 +490,7 @@ def allowed_methods(app: Any, scope: Scope) -> list[str]:
     return sorted(
         {
             method
-            for route in _routes(getattr(app, "routes", ()))
+            for route in flat_routes(getattr(app, "routes", ()))
             if route.matches(dict(scope))[0] != Match.NONE
             for method in getattr(route, "methods", None) or ()
         }

@@ -12,6 +12,7 @@ import yaml
 from starlette.routing import BaseRoute
 
 from bentos.catalog import router as catalog_router
+from bentos.http import flat_routes
 from bentos.routes import router as classify_router
 from tests.k8s.kube import render
 from tests.k8s.test_chart import CHART, container, objects
@@ -66,7 +67,8 @@ def _routed(path: str, ingress: dict[str, Any]) -> bool:
 
 
 def _api_paths(routes: list[BaseRoute]) -> list[str]:
-    return ["/v1" + route.path for route in routes if hasattr(route, "path")]
+    """Every route's path, those of included routers (e.g. /v1/review) too."""
+    return ["/v1" + route.path for route in flat_routes(routes) if hasattr(route, "path")]
 
 
 @pytest.mark.parametrize("values", [(), ("ingress.enabled=true",)], ids=["production", "default"])
