@@ -18,6 +18,7 @@ from rich.table import Column, Table
 from imageiq.console import console, err_console
 from imageiq.errors import ImageIQError
 from imageiq.settings import Settings, load_settings
+from imageiq_cli.loop import add_commands as add_loop_commands
 from imageiq_cli.ops import add_commands as add_ops_commands
 from training.commands import cmd_evaluate, cmd_export, cmd_models_compare, cmd_predict
 
@@ -40,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train even if a model exists")
     p.set_defaults(func=cmd_demo_model)
 
+    from training.db_source import add_db_arguments
+
     p = add_train_arguments(sub.add_parser("train", help="train and register a model"))
+    add_db_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -115,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("list", help="registered models, newest first")
     p.add_argument("--name", default=None, help="model name (default: the served setting)")
     p.set_defaults(func=cmd_models_list)
+    p = models.add_parser(
+        "publish",
+        help="copy a registered version to the model repository every replica imports from",
+    )
+    p.add_argument("tag", help="name:version")
+    p.set_defaults(func=cmd_models_publish)
 
     p = sub.add_parser(
         "quantize", help="register a static int8 ONNX Runtime version of a registered model"
@@ -147,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_parity)
 
     add_ops_commands(sub)
+    add_loop_commands(sub)
     return parser
 
 
@@ -193,14 +204,26 @@ def _flag(key: str, value: object) -> str:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    """``--data db`` (what the service collected) and ``--data snapshot:<name:version>`` (the
+    exact data set a registered model was trained on) are read with the service's settings;
+    folders and manifests by the trainer itself."""
+    from training.db_source import load_db_data, load_snapshot, query_from_args
     from training.sources import S3Options
     from training.train import main as train_main
 
+    data = None
+    source = str(args.data or "")
+    if source == "db":
+        data = load_db_data(settings, query_from_args(args), max_pixels=settings.max_image_pixels)
+    elif source.startswith("snapshot:"):
+        tag = source.removeprefix("snapshot:")
+        data = load_snapshot(settings, tag, max_pixels=settings.max_image_pixels)
     train_main(
         args,
         max_image_pixels=settings.max_image_pixels,
         console=console,
         s3=S3Options(endpoint_url=settings.s3_endpoint_url),
+        data=data,
     )
     return 0
 
@@ -230,6 +253,13 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
         )
     # Piped output has no terminal width to respect: keep whole rows for grep and friends.
     (console if console.is_terminal else Console(width=200)).print(table)
+    return 0
+
+
+def cmd_models_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from imageiq.model_repo import ModelRepository
+
+    console.print(f"published {args.tag} to {ModelRepository(settings).publish(args.tag)}")
     return 0
 
 
