@@ -193,7 +193,7 @@ def _create() -> Metrics:
         ),
         canary_rollbacks=pc.Counter(
             "imageiq_canary_rollbacks",
-            "Canaries rolled back (automatically by their policy, or by hand).",
+            "Canaries rolled back automatically by their policy (by this replica).",
             ["model_name"],
         ),
     )

@@ -305,7 +305,7 @@ def closed_loop() -> list[Panel]:
         .height(4),
         single(
             "Canary rollbacks",
-            "Canaries rolled back in the dashboard's time range, by their policy or by hand "
+            "Canaries rolled back automatically in the dashboard's time range "
             "(ImageIQCanaryRolledBack fires for an hour after each).",
             rollbacks,
             unit="short",
