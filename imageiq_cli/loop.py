@@ -62,6 +62,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--share", type=float, default=0.1)
     p.add_argument("--promote-after", type=int, default=0)
     p.add_argument("--min-requests", type=int, default=50)
+    p.add_argument(
+        "--min-feedback",
+        type=int,
+        default=20,
+        help="labelled predictions per version before agreement with feedback counts",
+    )
     p.set_defaults(func=cmd_rollout_start)
     for verb, what in (
         ("promote", "make the canary's challenger the active version on every replica"),
@@ -194,7 +200,9 @@ def cmd_rollout_start(args: argparse.Namespace, settings: Settings) -> int:
         challenger_version=version,
         share=args.share,
         policy=rollout.RolloutPolicy(
-            promote_after=args.promote_after, min_requests=args.min_requests
+            promote_after=args.promote_after,
+            min_requests=args.min_requests,
+            min_feedback=args.min_feedback,
         ),
         actor=_actor(),
     )
