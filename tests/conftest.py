@@ -137,9 +137,10 @@ def digits_model(digits_dir: Path) -> RegisteredModel:
 
 @pytest.fixture(scope="session")
 def newer_model(digits_dir: Path, digits_model: RegisteredModel) -> RegisteredModel:
-    """A second, later version of the same model name (a different architecture)."""
+    """A second, later version of the same model name (a different architecture). Not
+    mobilenet_v3_small at 16 px: it stays at chance there, which training now refuses."""
     args = train_args(
-        data=digits_dir, arch="mobilenet_v3_small", image_size=16, epochs=1, **NO_AUGMENTATION
+        data=digits_dir, arch="baseline_cnn", image_size=16, epochs=3, **NO_AUGMENTATION
     )
     return train_main(args, max_image_pixels=50_000_000).model
 
