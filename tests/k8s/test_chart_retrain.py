@@ -57,7 +57,15 @@ def test_one_run_at_a_time_on_a_weekly_schedule(tmp_path: Path) -> None:
     assert job["activeDeadlineSeconds"] == 21600
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     main = retrain_container(cronjob(objects(sets=(*SHARED, *ON))))
-    assert main["args"] == ["python", "-m", "imageiq_cli", "retrain", "--rollout", "canary", "--skip-if-busy"]
+    assert main["args"] == [
+        "python",
+        "-m",
+        "imageiq_cli",
+        "retrain",
+        "--rollout",
+        "canary",
+        "--skip-if-busy",
+    ]
     # Every retrain.* value reaches the object.
     values = tmp_path / "retrain.yaml"
     values.write_text(
