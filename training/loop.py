@@ -1,6 +1,7 @@
 """The epoch loop: multi-head loss, warm-up + cosine schedule, a frozen-backbone phase,
-mixed precision, early stopping, and a checkpoint after every epoch that ``--resume`` picks
-up exactly where the run stopped (weights, optimiser, schedule, RNG states, history).
+mixed precision, early stopping, divergence detection, and a checkpoint after every epoch
+that ``--resume`` picks up exactly where the run stopped (weights, optimiser, schedule, RNG
+states, history).
 """
 
 from __future__ import annotations
@@ -15,14 +16,80 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 from torch import nn
 from torch.utils.data import DataLoader
 
 from imageiq.architectures import MAIN_HEAD, ImageIQNet
+from imageiq.errors import ImageIQError
 from training.evaluate import classification_metrics
 
 IGNORE = -100  # an attribute value unknown for an image: no loss, not scored
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+EXPLODED = 4.0  # a training loss this many times a uniform guess's has blown up
+CHANCE_P_VALUE = 0.05  # held-out accuracy this likely under guessing is "at chance"
+
+
+class TrainingDiverged(ImageIQError):
+    """The loss blew up, or the held-out accuracy is no better than chance: the run's model
+    is not registered. 422: the data and the arguments were understood, training on them
+    did not work."""
+
+    status, code = 422, "training_diverged"
+
+
+@dataclass(frozen=True)
+class Chance:
+    """What guessing scores on the held-out split: its loss (a uniform guess's cross-entropy,
+    ``log(classes)`` summed over the heads) and its top-1 (always the most frequent held-out
+    class)."""
+
+    loss: float
+    top1: float
+    held_out: int  # images
+
+    def no_better(self, top1: float) -> bool:
+        """True when ``top1`` is as likely as not to come from guessing: the one-sided
+        binomial test against ``self.top1`` cannot reject it at CHANCE_P_VALUE. On 40 images
+        of 2 classes that is up to 62.5%; on 15 of 3, up to 53.3%."""
+        if self.held_out < 1:
+            return False
+        hits = round(top1 * self.held_out)
+        test = binomtest(hits, self.held_out, min(self.top1, 1.0), alternative="greater")
+        return bool(test.pvalue > CHANCE_P_VALUE)
+
+
+def divergence(history: list[dict[str, float]], *, chance: Chance, warmup_epochs: float) -> str:
+    """Why the run whose epochs are ``history`` diverged, or "" when it has not: a loss that
+    is not a number, a training loss EXPLODED times a guess's, or a held-out accuracy at
+    chance in two epochs after the warm-up with the held-out loss rising between them. One
+    such epoch is not enough: a healthy run from scratch on 160 images dipped to 50% for an
+    epoch (its BatchNorm statistics lag the weights) and recovered."""
+    last = history[-1]
+    epoch = int(last["epoch"])
+    for key, name in (("train_loss", "training"), ("val_loss", "held-out")):
+        if key in last and not math.isfinite(last[key]):
+            return f"the {name} loss became {last[key]} in epoch {epoch}"
+    if last["train_loss"] > EXPLODED * chance.loss:
+        return (
+            f"the training loss reached {last['train_loss']:.4g} in epoch {epoch}, over "
+            f"{EXPLODED:g}x a uniform guess's {chance.loss:.3g}"
+        )
+    after = [r for r in history if r["epoch"] >= warmup_epochs and "val_top1" in r]
+    if (
+        len(after) >= 2
+        and after[-1]["epoch"] == epoch
+        and all(chance.no_better(r["val_top1"]) for r in after[-2:])
+        and after[-1]["val_loss"] > after[-2]["val_loss"]
+    ):
+        return (
+            f"the held-out top-1 stayed at chance level ({after[-2]['val_top1']:.1%}, "
+            f"{after[-1]['val_top1']:.1%}; always answering the most frequent class scores "
+            f"{chance.top1:.1%}) after the "
+            f"warm-up while the held-out loss grew ({after[-2]['val_loss']:.4g} -> "
+            f"{after[-1]['val_loss']:.4g}) in epoch {epoch}"
+        )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -111,13 +178,17 @@ class Trainer:
             with self._autocast():
                 outputs = self.net(x)
                 loss = self.loss(outputs, targets)
+            value = loss.item()
+            if not math.isfinite(value):  # diverged: stepping would only spread the NaN
+                total_loss, seen = value, max(seen, 1)
+                break
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             n = len(x)
-            total_loss += loss.item() * n
+            total_loss += value * n
             correct += int((outputs[MAIN_HEAD].argmax(1) == targets[MAIN_HEAD]).sum())
             seen += n
             on_step(total_loss / seen, correct / seen)
@@ -127,6 +198,41 @@ class Trainer:
             "lr": float(self.scheduler.get_last_lr()[0]),
             "frozen_backbone": float(frozen),
         }
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, loader: Iterable[Any], *, max_batches: int) -> None:
+        """BatchNorm's running statistics measured afresh on up to ``max_batches`` training
+        batches with the current weights (a plain average, not the running one), so the
+        held-out split is scored with the statistics of the network it scores.
+
+        Why: the running averages lag the weights. From scratch on 160 images (20 steps an
+        epoch) the held-out loss jumped while the training loss fell; MobileNetV3's
+        momentum of 0.01 leaves them mostly at their initial values for hundreds of steps,
+        so a short run scored at chance whatever it had learnt. The data order and the
+        augmentations' random draws are put back afterwards: the training run is the same
+        with or without this. A frozen backbone keeps its pretrained statistics."""
+        if self.state.epoch < self.config.freeze_epochs:
+            return
+        norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        rng, order = torch.get_rng_state(), self.generator.get_state()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        self.net.train()
+        try:
+            for i, (x, _) in enumerate(loader):
+                if i >= max_batches:
+                    break
+                with self._autocast():
+                    self.net(x.to(self.device, non_blocking=True))
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            torch.set_rng_state(rng)
+            self.generator.set_state(order)
 
     def loss(
         self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]

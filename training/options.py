@@ -28,9 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="shorter side before the centre crop (default: --image-size without pretrained "
         "weights, else the weights' own resize/crop ratio)",
     )
-    parser.add_argument("--batch-size", type=_at_least(2), default=64)
     parser.add_argument(
-        "--lr", type=_fraction(0, 10), default=2e-3, help="peak learning rate (AdamW)"
+        "--batch-size",
+        type=_at_least(2),
+        default=None,
+        help="images a step (default: auto, the largest power of two from 8 to 64 that "
+        "leaves an epoch 10 steps)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=_fraction(0, 10),
+        default=None,
+        help="peak learning rate, AdamW (default: auto, 2e-3 at batch 64 from scratch, 5e-4 "
+        "with a pretrained backbone, scaled by the square root of batch / 64); a run that "
+        "diverges restarts at a tenth of it",
     )
     parser.add_argument("--weight-decay", type=_fraction(0, 10, closed=True), default=0.05)
     parser.add_argument("--label-smoothing", type=_fraction(0, 1, closed=True), default=0.1)
@@ -55,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup-epochs",
         type=_fraction(0, 1000, closed=True),
-        default=1.0,
-        help="linear learning-rate warm-up, then cosine decay",
+        default=None,
+        help="linear learning-rate warm-up, then cosine decay (default: auto, 20 steps or "
+        "10%% of all steps, whichever is more, at most 30%%)",
     )
     parser.add_argument(
         "--freeze-epochs",

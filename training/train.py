@@ -10,6 +10,8 @@ with a label and attribute columns (extra heads). Every run writes a run directo
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -30,12 +32,24 @@ from imageiq.registry import ModelCard, RegisteredModel, register_model
 from training.augment import Augmentation, TrainTransform
 from training.options import add_arguments
 
-__all__ = ["TrainResult", "add_arguments", "main"]
+__all__ = ["TrainResult", "TrainingDiverged", "add_arguments", "main"]
 from training.calibration import expected_calibration_error, fit_temperature, temper
 from training.data import LabelledDataset, held_out_dataset, stratified_split
-from training.loop import IGNORE, FitConfig, Trainer
+from training.loop import IGNORE, Chance, FitConfig, Trainer, TrainingDiverged, divergence
+from training.recipe import Recipe, auto_lr, fallback_lr, resolve_recipe
 from training.run import RunDir
-from training.sources import LabelledData, S3Options, load_data
+from training.sources import (
+    SNAPSHOT_FILE,
+    LabelledData,
+    S3Options,
+    load_data,
+    snapshot_entry,
+    snapshot_rows,
+    write_snapshot,
+)
+
+BATCHNORM_BATCHES = 20  # training batches BatchNorm's statistics are measured on each epoch
+MAX_RESTARTS = 2  # restarts from the initial weights after a divergence, before giving up
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,7 @@ class _Data:
     train_loader: DataLoader[Any]
     val_loader: DataLoader[Any]
     generator: torch.Generator  # the training order's: checkpointed with the run
+    chance: Chance  # what guessing scores on the held-out split
 
 
 def main(
@@ -65,47 +80,62 @@ def main(
     max_image_pixels: int,
     console: Console | None = None,
     s3: S3Options | None = None,
+    data: LabelledData | None = None,
 ) -> TrainResult:
-    """Load, build, fit, calibrate, register: each a function below."""
+    """Load, build, fit, calibrate, register: each a function below. ``data``: already
+    loaded labelled data (``--data db`` and ``snapshot:`` are loaded by the caller, which
+    has the settings), used in place of ``args.data``."""
     console = console or Console()
     run, args, resumed = _open_run(args)
     _seed_everything(args.seed)
     device = resolve_device(args.device)
-    data = _load(args.data, max_pixels=max_image_pixels, s3=s3, console=console)
+    if data is None:
+        data = _load(args.data, max_pixels=max_image_pixels, s3=s3, console=console)
     if resumed is not None and resumed.get("dataset_fingerprint") != data.fingerprint:
         raise ConfigurationError(
             f"The data at {args.data} changed since the run in {run.path} started "
             "(its fingerprint differs): start a new run instead of resuming."
         )
     run.write_skipped(data.skipped)
-    prepared = _prepare_data(args, data, max_pixels=max_image_pixels)
+    train_idx, val_idx = stratified_split(
+        data.targets, val_fraction=args.val_fraction, seed=args.seed
+    )
+    recipe = resolve_recipe(
+        len(train_idx),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        pretrained=_weights(args) != "none",
+    )
+    args = _with_recipe(args, recipe)
+    prepared = _prepare_data(args, data, train_idx, val_idx, max_pixels=max_image_pixels)
     console.print(
         f"[bold]{args.arch}[/] on {data.source}: {len(data.classes)} classes"
         + (f", heads {', '.join(data.heads)}" if data.heads else "")
         + f", {len(prepared.train_idx)} train / {len(prepared.val_idx)} held-out images, "
-        f"{args.image_size}px, {device}"
+        f"{args.image_size}px, {device}; {recipe.describe()}"
     )
-    net, trainer = _build(args, prepared, device=device)
+    net = _network(args, prepared, device=device)
+    initial = copy.deepcopy(net.state_dict())  # what a restart after a divergence starts from
+    trainer = _trainer(args, net, prepared, device=device)
     if resumed is not None:
         trainer.load(run.checkpoint)
         console.print(f"resuming {run.path} after epoch {trainer.state.epoch}")
-    run.write_config(
-        {
-            "args": _resolved_config(args),
-            "dataset_fingerprint": data.fingerprint,
-            "data": {
-                "source": data.source,
-                "classes": data.classes,
-                "heads": data.heads,
-                "images": len(data.samples),
-                "skipped": len(data.skipped),
-                "train": len(prepared.train_idx),
-                "held_out": len(prepared.val_idx),
-            },
-            "device": str(device),
-        }
+    divergences: list[str] = list(resumed.get("divergences", [])) if resumed else []
+    run.write_config(_run_config(args, prepared, divergences=divergences, device=device))
+    final, trainer, args = _fit_or_restart(
+        args,
+        trainer,
+        prepared,
+        initial=initial,
+        divergences=divergences,
+        run=run,
+        console=console,
+        device=device,
     )
-    final = _fit(args, trainer, prepared, run=run, console=console)
+    if prepared.chance.no_better(final["val_top1"]):
+        raise TrainingDiverged(_chance_message(args, prepared, final))
     temperature = _calibrate(trainer, prepared.val_loader, final)
     model = _register(
         args,
@@ -122,13 +152,31 @@ def main(
     return TrainResult(model, final, run.path)
 
 
-def _prepare_data(args: argparse.Namespace, data: LabelledData, *, max_pixels: int) -> _Data:
-    """The stratified split, the preprocessing config (saved with the model) and the loaders:
-    augmented training images, and held-out images read exactly as the server reads them."""
-    spec = get_spec(args.arch)
-    train_idx, val_idx = stratified_split(
-        data.targets, val_fraction=args.val_fraction, seed=args.seed
+def _with_recipe(args: argparse.Namespace, recipe: Recipe) -> argparse.Namespace:
+    """The arguments with the recipe's values in place of "auto": what the run records, so
+    ``--resume`` and the model card see the values used."""
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "batch_size": recipe.batch_size,
+            "lr": recipe.lr,
+            "warmup_epochs": recipe.warmup_epochs,
+            "restarts": getattr(args, "restarts", 0),
+        }
     )
+
+
+def _prepare_data(
+    args: argparse.Namespace,
+    data: LabelledData,
+    train_idx: list[int],
+    val_idx: list[int],
+    *,
+    max_pixels: int,
+) -> _Data:
+    """The preprocessing config (saved with the model) and the loaders: augmented training
+    images, and held-out images read exactly as the server reads them."""
+    spec = get_spec(args.arch)
     if _weights(args) == "none" or spec.imagenet_weights is None:  # no crop margin unless asked
         preprocessing = PreprocessConfig(
             resize_size=args.resize_size or args.image_size, crop_size=args.image_size
@@ -154,8 +202,22 @@ def _prepare_data(args: argparse.Namespace, data: LabelledData, *, max_pixels: i
         **_order(args.balance, train_set.targets[MAIN_HEAD], len(data.classes), generator),
     )
     val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, num_workers=args.workers)
+    val_targets = [data.targets[i] for i in val_idx]
+    chance = Chance(
+        loss=math.log(len(data.classes)) + sum(math.log(len(v)) for v in data.heads.values()),
+        top1=max(np.bincount(val_targets)) / len(val_targets) if val_targets else 0.0,
+        held_out=len(val_targets),
+    )
     return _Data(
-        data, train_idx, val_idx, preprocessing, train_set, train_loader, val_loader, generator
+        data,
+        train_idx,
+        val_idx,
+        preprocessing,
+        train_set,
+        train_loader,
+        val_loader,
+        generator,
+        chance,
     )
 
 
@@ -164,20 +226,25 @@ def _weights(args: argparse.Namespace) -> WeightsSource:
     return "file" if args.weights_file else args.weights
 
 
-def _build(
-    args: argparse.Namespace, prepared: _Data, *, device: torch.device
-) -> tuple[ImageIQNet, Trainer]:
-    """The network (its backbone's weights as asked) and its trainer."""
+def _network(args: argparse.Namespace, prepared: _Data, *, device: torch.device) -> ImageIQNet:
+    """The network, its backbone's weights as asked."""
     data = prepared.data
-    net = build_model(
+    return build_model(
         arch=args.arch,
         num_classes=len(data.classes),
         heads={h: len(v) for h, v in data.heads.items()},
         weights=_weights(args),
         weights_file=args.weights_file,
     ).to(device)
+
+
+def _trainer(
+    args: argparse.Namespace, net: ImageIQNet, prepared: _Data, *, device: torch.device
+) -> Trainer:
+    """A trainer for ``net`` with a fresh optimiser, schedule and history."""
+    data = prepared.data
     targets = prepared.train_set.targets[MAIN_HEAD]
-    trainer = Trainer(
+    return Trainer(
         net,
         config=FitConfig(
             epochs=args.epochs,
@@ -197,7 +264,29 @@ def _build(
         device=device,
         generator=prepared.generator,
     )
-    return net, trainer
+
+
+def _run_config(
+    args: argparse.Namespace, prepared: _Data, *, divergences: list[str], device: torch.device
+) -> dict[str, Any]:
+    """config.json: the resolved arguments (what ``--resume`` reads back), the data, and
+    the attempts that diverged."""
+    data = prepared.data
+    return {
+        "args": _resolved_config(args),
+        "dataset_fingerprint": data.fingerprint,
+        "data": {
+            "source": data.source,
+            "classes": data.classes,
+            "heads": data.heads,
+            "images": len(data.samples),
+            "skipped": len(data.skipped),
+            "train": len(prepared.train_idx),
+            "held_out": len(prepared.val_idx),
+        },
+        "device": str(device),
+        "divergences": divergences,
+    }
 
 
 def _fit(
@@ -205,7 +294,8 @@ def _fit(
 ) -> dict[str, float]:
     """The epochs (a checkpoint after each, early stopping with ``--patience``); the metrics
     of the epoch whose weights the network now holds (the best held-out one with early
-    stopping, else the last)."""
+    stopping, else the last). Raises TrainingDiverged (with the reason only) at an epoch
+    :func:`training.loop.divergence` calls diverged, before it is checkpointed."""
     heads = list(prepared.data.heads)
     steps = len(prepared.train_loader)
     started = time.perf_counter()
@@ -224,7 +314,16 @@ def _fit(
                 )
 
             record = trainer.train_epoch(prepared.train_loader, on_step=on_step)
+            trainer.recalibrate_batchnorm(prepared.train_loader, max_batches=BATCHNORM_BATCHES)
             record.update(trainer.evaluate(prepared.val_loader)["metrics"])
+            why = divergence(
+                [*trainer.state.history, {"epoch": epoch, **record}],
+                chance=prepared.chance,
+                warmup_epochs=args.warmup_epochs,
+            )
+            if why:
+                trainer.state.history.append({"epoch": epoch, **record})  # for the message
+                raise TrainingDiverged(why)
             stop = trainer.end_epoch(record)
             trainer.save(run.checkpoint)
             run.write_history(trainer.state.history)
@@ -253,6 +352,43 @@ def _fit(
     return final
 
 
+def _fit_or_restart(
+    args: argparse.Namespace,
+    trainer: Trainer,
+    prepared: _Data,
+    *,
+    initial: dict[str, torch.Tensor],
+    divergences: list[str],
+    run: RunDir,
+    console: Console,
+    device: torch.device,
+) -> tuple[dict[str, float], Trainer, argparse.Namespace]:
+    """:func:`_fit`; after a divergence, again from the initial weights at a lower learning
+    rate (:func:`training.recipe.fallback_lr`), up to MAX_RESTARTS times, then
+    TrainingDiverged. The run's config
+    follows each restart (its lr, ``restarts``, the reasons), so ``--resume`` continues the
+    attempt under way. Returns the metrics, the trainer that made them and its arguments."""
+    while True:
+        try:
+            return _fit(args, trainer, prepared, run=run, console=console), trainer, args
+        except TrainingDiverged as e:
+            divergences.append(f"lr {args.lr:.3g}: {e.message}")
+            if args.restarts >= MAX_RESTARTS:
+                raise TrainingDiverged(_diverged_message(args, trainer, divergences)) from e
+            lr = fallback_lr(
+                args.lr, automatic=auto_lr(args.batch_size, pretrained=_weights(args) != "none")
+            )
+            console.print(
+                f"[yellow]diverged[/]: {e.message}; restarting from the initial weights "
+                f"with peak lr {lr:.3g} (restart {args.restarts + 1} of {MAX_RESTARTS})"
+            )
+            args = argparse.Namespace(**{**vars(args), "lr": lr, "restarts": args.restarts + 1})
+            trainer.net.load_state_dict(initial)
+            trainer = _trainer(args, trainer.net, prepared, device=device)
+            run.checkpoint.unlink(missing_ok=True)  # --resume must not mix the two attempts
+            run.write_config(_run_config(args, prepared, divergences=divergences, device=device))
+
+
 def _register(
     args: argparse.Namespace,
     net: ImageIQNet,
@@ -267,6 +403,8 @@ def _register(
     """The weights and their card (labels, heads, preprocessing, metrics, temperature,
     dataset fingerprint, resolved config) as a new version in the model store."""
     data = prepared.data
+    # The data set as trained on (ids, sha256, labels, split), so it can be rebuilt exactly.
+    snapshot = write_snapshot(snapshot_rows(data, prepared.train_idx, prepared.val_idx))
     card = ModelCard(
         architecture=args.arch,
         labels=data.classes,
@@ -275,6 +413,7 @@ def _register(
         metrics=final,
         temperature=temperature,
         dataset_fingerprint=data.fingerprint,
+        dataset_snapshot=snapshot_entry(snapshot, images=len(data.samples)),
         training_config={
             **_resolved_config(args),
             "device": str(device),
@@ -285,7 +424,7 @@ def _register(
             "history": history,
         },
     )
-    return register_model(net.cpu(), card, name=args.model_name)
+    return register_model(net.cpu(), card, name=args.model_name, files={SNAPSHOT_FILE: snapshot})
 
 
 def _report(
@@ -404,6 +543,36 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _diverged_message(args: argparse.Namespace, trainer: Trainer, divergences: list[str]) -> str:
+    """The final error: every attempt's reason, the last one's losses, what to try."""
+    losses = "; ".join(
+        f"epoch {int(r['epoch'])}: train {r['train_loss']:.4g}, held-out {r['val_loss']:.4g}"
+        for r in trainer.state.history[-6:]
+    )
+    return (
+        f"Training diverged {len(divergences)} times: "
+        + " | ".join(divergences)
+        + f". Losses of the last attempt: {losses}. Nothing was registered. Try a lower "
+        "--lr (or leave it unset: it follows the batch size), a smaller --batch-size, a "
+        "longer --warmup-epochs, --weights imagenet, or check the labels and images."
+    )
+
+
+def _chance_message(args: argparse.Namespace, prepared: _Data, final: dict[str, float]) -> str:
+    """The refusal of a model no better than guessing: its numbers and what to try."""
+    chance = prepared.chance
+    return (
+        f"The best model (epoch {int(final['epoch'])}) scores {final['val_top1']:.1%} held-out "
+        f"top-1 on {chance.held_out} images: chance level (always answering the most "
+        f"frequent class scores {chance.top1:.1%}); held-out loss {final['val_loss']:.4g}, "
+        f"train loss {final['train_loss']:.4g}"
+        + (f", after {args.restarts} restarts" if args.restarts else "")
+        + ". Nothing was registered. Check that the images show what the labels say; then "
+        f"try more --epochs, a lower --lr (this run's: {args.lr:.3g}), more images or a "
+        "larger --val-fraction, or --weights imagenet."
+    )
 
 
 def _resolved_config(args: argparse.Namespace) -> dict[str, Any]:
