@@ -10,12 +10,10 @@ database that is down answers 503 ``database_unavailable`` with ``Retry-After``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from sqlalchemy.exc import SQLAlchemyError
 
 from bentos.auth import require
 from bentos.catalog_schemas import (
@@ -33,20 +31,19 @@ from bentos.catalog_schemas import (
     StatsOut,
     parse_moment,
 )
+from bentos.dbcall import db_call
 from bentos.http import note
 from bentos.review_routes import router as review_router
 from bentos.schemas import ErrorResponse, ModelRefOut
 from bentos.state import state
 from imageiq import catalog, errors
 from imageiq.backends import Backends
-from imageiq.db.engine import is_transient
 from imageiq.keys import Principal
 from imageiq.logs import client_request_id_var, request_id_var
 from imageiq.pool import ModelPool
 from imageiq.registry import get_model
 from imageiq.settings import MODEL_TAG, TAG_PART
 
-T = TypeVar("T")
 router = APIRouter()
 router.include_router(review_router)
 ImageId = Path(pattern=SHA256, description="The image id: its sha256, 64 hex digits.")
@@ -64,25 +61,6 @@ def _moment(description: str) -> Any:
 def _requests() -> dict[str, str | None]:
     """The server's id of the request being served, and the client's, for the records."""
     return {"request_id": request_id_var.get(), "client_request_id": client_request_id_var.get()}
-
-
-async def _db(backends: Backends, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(engine, *args, **kwargs)`` in a worker thread; the database down is a 503."""
-
-    def call() -> T:
-        try:
-            result = fn(backends.engine, *args, **kwargs)
-        except SQLAlchemyError as e:
-            if not is_transient(e):
-                raise
-            backends.database.failed(e)
-            raise errors.DatabaseUnavailable(
-                "The metadata database is unavailable; try again shortly.", retry_after=2
-            ) from e
-        backends.database.succeeded()
-        return result
-
-    return await anyio.to_thread.run_sync(call)
 
 
 def _backends(request: Request) -> Backends:
@@ -127,7 +105,7 @@ async def list_images(
         created_after=parse_moment("created_after", created_after),
         created_before=parse_moment("created_before", created_before),
     )
-    items, total = await _db(
+    items, total = await db_call(
         _backends(request), catalog.list_images, where, limit=limit, offset=offset
     )
     end = offset + len(items)
@@ -151,7 +129,7 @@ async def get_image(
     principal: Principal = Depends(require("label")),
 ) -> ImageDetailOut:
     """Its metadata, latest predictions and every label given."""
-    found = await _db(_backends(request), catalog.get_image, image_id)
+    found = await db_call(_backends(request), catalog.get_image, image_id)
     return ImageDetailOut.model_validate(found)
 
 
@@ -166,7 +144,7 @@ async def get_image_content(
     principal: Principal = Depends(require("label")),
 ) -> Response:
     backends = _backends(request)
-    image = await _db(backends, catalog.find_image, image_id)
+    image = await db_call(backends, catalog.find_image, image_id)
     if image is None:
         raise errors.ImageNotFound(f"No stored image {image_id}.")
     data = await anyio.to_thread.run_sync(backends.store.get, backends.store.key_for(image_id))
@@ -199,7 +177,7 @@ async def add_label(
             "The image is being stored (the database or store was briefly away); retry.",
             retry_after=2,
         )
-    row = await _db(
+    row = await db_call(
         backends,
         catalog.add_label,
         image_id,
@@ -232,7 +210,7 @@ async def delete_image(
     finishes the job. 404 when nothing of the image was known."""
     backends = _backends(request)
     await anyio.to_thread.run_sync(backends.recorder.forget, image_id)  # this replica, at once
-    deleted = await _db(
+    deleted = await db_call(
         backends,
         catalog.forget_image,
         image_id,
@@ -256,7 +234,7 @@ async def stats(
     """Predictions per label, per model version and per day (UTC), the cache hit ratio,
     labels given, stored images."""
     since_at, until_at = parse_moment("since", since), parse_moment("until", until)
-    found = await _db(_backends(request), catalog.stats, since=since_at, until=until_at)
+    found = await db_call(_backends(request), catalog.stats, since=since_at, until=until_at)
     return StatsOut(**found, since=since_at, until=until_at)
 
 
@@ -285,7 +263,7 @@ async def activate_model(
             f"Model {model.tag} could not be loaded; still serving {previous}.",
             details={"last_reload": pool.last_reload},
         )
-    await _db(
+    await db_call(
         backends,
         catalog.activate_model,
         name=model.name,

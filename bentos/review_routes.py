@@ -7,26 +7,21 @@ Included by :mod:`bentos.catalog`'s router, so the service mounts it with the ca
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import SQLAlchemyError
 
 from bentos.auth import require
 from bentos.catalog_schemas import CONTROL, MOMENT_EXAMPLES, SURROGATE, parse_moment
+from bentos.dbcall import db_call
 from bentos.schemas import ErrorResponse, ModelRefOut, ScoredLabelOut
 from bentos.state import state
 from imageiq import errors, review
-from imageiq.backends import Backends
-from imageiq.db.engine import is_transient
 from imageiq.keys import Principal
 from imageiq.settings import TAG_PART
 
-T = TypeVar("T")
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (400, 401, 403, 422, 429, 503)
@@ -124,7 +119,7 @@ async def review_queue(
         predicted_label=label,
         created_after=parse_moment("created_after", created_after),
     )
-    page = await _db(served.backends, review.review_queue, query, limit=limit, cursor=cursor)
+    page = await db_call(served.backends, review.review_queue, query, limit=limit, cursor=cursor)
     return ReviewPageOut.model_validate(
         {
             "strategy": strategy,
@@ -136,24 +131,3 @@ async def review_queue(
             "next_cursor": page.next_cursor,
         }
     )
-
-
-async def _db(backends: Backends, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(engine, *args, **kwargs)`` in a worker thread; the database down is a 503.
-    The same as :func:`bentos.catalog._db`, which this module cannot import: that one
-    includes this router, so the import would be circular."""
-
-    def call() -> T:
-        try:
-            result = fn(backends.engine, *args, **kwargs)
-        except SQLAlchemyError as e:
-            if not is_transient(e):
-                raise
-            backends.database.failed(e)
-            raise errors.DatabaseUnavailable(
-                "The metadata database is unavailable; try again shortly.", retry_after=2
-            ) from e
-        backends.database.succeeded()
-        return result
-
-    return await anyio.to_thread.run_sync(call)
