@@ -40,9 +40,9 @@ def test_same_seed_same_metrics(shapes_dir: Path) -> None:
     def run() -> dict[str, float]:
         args = train_args(
             data=shapes_dir,
-            arch="mobilenet_v3_small",
+            arch="baseline_cnn",  # mobilenet_v3_small stays at chance in one epoch here
             image_size=32,
-            epochs=1,
+            epochs=2,
             batch_size=16,
             model_name="seeded",
         )
