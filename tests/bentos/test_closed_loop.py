@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,16 @@ def champion(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Regi
     return train_main(args, max_image_pixels=10_000_000).model
 
 
+@pytest.fixture(scope="module")
+def loop_stack() -> Iterator[Stack]:
+    """A PostgreSQL, Redis and bucket of the loop's own: it labels the digits the other
+    service tests send, and counts every label and prediction."""
+    running = Stack()
+    running.start()
+    yield running
+    running.stop()
+
+
 def _cli(env: dict[str, str], *argv: str, timeout: float = 900) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "imageiq_cli", *argv],
@@ -80,14 +91,14 @@ def _served(server: Server) -> dict[str, bool]:
 
 
 def test_labels_retrain_promote_serve_and_a_worse_canary_rolls_back(
-    stack: Stack,
+    loop_stack: Stack,
     champion: RegisteredModel,
     digits_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     work = tmp_path_factory.mktemp("loop")
     env = {
-        **stack.env(),
+        **loop_stack.env(),
         "IMAGEIQ_MODELS": champion.tag,
         "IMAGEIQ_RELOAD_INTERVAL_S": "1",
         "IMAGEIQ_ROLLOUT_INTERVAL_S": "1",
@@ -129,7 +140,9 @@ def test_labels_retrain_promote_serve_and_a_worse_canary_rolls_back(
         assert (
             refused.status_code == 422 and refused.json()["error"]["code"]
         )  # unknown w/o new_label
-        wait_for(lambda: stack.count(Label) >= 4 * PER_CLASS, timeout=30, what="the labels written")
+        wait_for(
+            lambda: loop_stack.count(Label) >= 4 * PER_CLASS, timeout=30, what="the labels written"
+        )
 
         # --- golden set, retrain, promotion ---------------------------------------------------
         out = _cli(cli_env, "golden", "freeze", "--name", "default", "--per-class", "8")
@@ -158,7 +171,7 @@ def test_labels_retrain_promote_serve_and_a_worse_canary_rolls_back(
         )
         retrain_s = time.monotonic() - started
         assert "promoted" in out, out
-        with stack.session() as session:
+        with loop_stack.session() as session:
             evaluation = session.scalars(select(Evaluation).order_by(Evaluation.id.desc())).first()
             assert evaluation is not None and evaluation.outcome == "promoted", out
             v2 = f"{NAME}:{evaluation.challenger_version}"
@@ -229,16 +242,16 @@ def test_labels_retrain_promote_serve_and_a_worse_canary_rolls_back(
             )
 
         def rolled_back() -> bool:
-            with stack.session() as session:
+            with loop_stack.session() as session:
                 state = session.scalar(select(Rollout.state).order_by(Rollout.id.desc()))
             return state == "rolled_back"
 
         wait_for(rolled_back, timeout=60, what="the automatic rollback")
         wait_for(lambda: worse.tag not in _served(server), timeout=60, what="the canary gone")
-        with stack.session() as session:
+        with loop_stack.session() as session:
             ended = session.scalars(select(Rollout).order_by(Rollout.id.desc())).first()
             assert ended is not None and "agreement" in (ended.reason or ""), ended.reason
-            predictions = stack.count(Prediction)
+            predictions = loop_stack.count(Prediction)
         # after the rollback, every request goes to the champion
         for path in images[:10]:
             resp = server.post(

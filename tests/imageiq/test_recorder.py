@@ -154,7 +154,7 @@ def pg(postgres: PostgresServer) -> Iterator[Engine]:
         postgres.start()
     engine = make_engine(postgres.url)
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE predictions, labels, images, tombstones"))
+        connection.execute(text("TRUNCATE predictions, labels, images, tombstones CASCADE"))
     yield engine
     engine.dispose()
     if not is_running(postgres):

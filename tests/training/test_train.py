@@ -52,20 +52,22 @@ def test_same_seed_same_metrics(shapes_dir: Path) -> None:
     assert run() == run()
 
 
-def test_pretrained_backbone_keeps_its_weights_preset(shapes_dir: Path, tmp_path: Path) -> None:
+def test_pretrained_backbone_keeps_its_weights_preset(digits_dir: Path, tmp_path: Path) -> None:
     """--weights-file (the imagenet checkpoint, fetched by hand): the eval transform is the
-    weights' own preset (resize 256 / crop 224 for ResNet-18) scaled to --image-size."""
+    weights' own preset (resize 256 / crop 224 for ResNet-18) scaled to --image-size. The
+    stand-in checkpoint holds random weights, so the data must be learnable from scratch at
+    the fine-tuning learning rate (the shapes stay at chance, which training refuses)."""
     import torch
     from torchvision import models
 
     checkpoint = tmp_path / "resnet18-f37072fd.pth"
     torch.save(models.resnet18(weights=None).state_dict(), checkpoint)
     args = train_args(
-        data=shapes_dir,
+        data=digits_dir,
         arch="resnet18",
         image_size=32,
-        epochs=1,
-        batch_size=16,
+        epochs=2,
+        batch_size=32,
         weights_file=str(checkpoint),
         model_name="pretrained",
     )
