@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=_at_least(2),
         default=None,
         help="images a step (default: auto, the largest power of two from 8 to 64 that "
-        "leaves an epoch 10 steps)",
+        "leaves an epoch 20 steps)",
     )
     parser.add_argument(
         "--lr",
