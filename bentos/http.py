@@ -49,7 +49,7 @@ def body_limit(settings: Settings, path: str) -> int:
     """The largest body a path accepts: RequestGuard refuses more with 413."""
     if path.endswith("/classify/batch"):
         return settings.max_batch_request_bytes
-    if path.endswith("/classify"):  # base64 in JSON is 4/3 of the file
+    if path.endswith(("/classify", "/explain")):  # base64 in JSON is 4/3 of the file
         return settings.max_image_bytes * 4 // 3 + _ENVELOPE
     return _ENVELOPE
 

@@ -232,3 +232,64 @@ def load_backbone_weights(net: nn.Module, path: Path, *, arch: str, final_layer:
             f"mis-shaped tensors (first: {(missing + unexpected + wrong_shape)[:3]})."
         )
     net.load_state_dict(state)
+
+
+# Grad-CAM (imageiq.explain) explains the output of a convolutional block: the deepest one
+# whose output keeps at least this many cells a side at the model's input size. At the usual
+# sizes (112 px and up) that is the last block, the one feeding the global pool (a ResNet's
+# layer4: 7x7 at 224 px); a model trained on tiny inputs (16 px: layer4 is 1x1, one number,
+# the same map for every image) gets an earlier, finer block.
+MIN_EXPLAIN_CELLS = 4
+
+
+def _resnet_blocks(backbone: nn.Module) -> list[str]:
+    return ["layer1", "layer2", "layer3", "layer4"]
+
+
+def _feature_blocks(backbone: nn.Module) -> list[str]:
+    """EfficientNet and MobileNet: every child of ``features`` is a block."""
+    return [f"features.{i}" for i, _ in enumerate(backbone.get_submodule("features").children())]
+
+
+def _baseline_blocks(backbone: nn.Module) -> list[str]:
+    """BaselineCNN's blocks end at their max-pooling (the layers before it are single convs,
+    BatchNorms and in-place ReLUs, whose outputs the next layer overwrites)."""
+    features = backbone.get_submodule("features").children()
+    return [f"features.{i}" for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+
+
+# Per family: the backbone's convolutional blocks, in order (paths inside the backbone).
+CONV_BLOCKS: dict[str, Callable[[nn.Module], list[str]]] = {
+    "resnet": _resnet_blocks,
+    "efficientnet": _feature_blocks,
+    "mobilenet": _feature_blocks,
+    "baseline": _baseline_blocks,
+}
+
+
+def explain_layer(net: ImageIQNet, *, arch: str, input_size: int) -> tuple[str, nn.Module]:
+    """The block Grad-CAM explains in ``net`` (an ``arch``) at ``input_size`` pixels: its
+    dotted path in ``net`` and the module (see :data:`MIN_EXPLAIN_CELLS`). One forward pass
+    of zeros measures each block's output; the weights and the mode are left as they were."""
+    spec = get_spec(arch)
+    paths = CONV_BLOCKS[spec.family](net.backbone)
+    sides: dict[str, int] = {}
+    hooks = [
+        net.backbone.get_submodule(path).register_forward_hook(
+            lambda _m, _i, out, path=path: sides.__setitem__(path, min(out.shape[-2:]))
+        )
+        for path in paths
+    ]
+    training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+    fine = [p for p in paths if sides[p] >= MIN_EXPLAIN_CELLS]
+    # None that fine (an input under 8 px): the finest block, the deepest of those.
+    chosen = fine[-1] if fine else max(reversed(paths), key=lambda p: sides[p])
+    return f"backbone.{chosen}", net.backbone.get_submodule(chosen)

@@ -99,6 +99,18 @@ class InvalidParameter(ImageIQError):
     status, code = 422, "invalid_parameter"
 
 
+class UnknownHead(InvalidParameter):
+    """/v1/explain: ``head`` is not one of the model's heads (``details.heads`` lists them)."""
+
+    code = "unknown_head"
+
+
+class UnknownLabel(InvalidParameter):
+    """/v1/explain: ``label`` is not a value of the head (``details.labels`` lists them)."""
+
+    code = "unknown_label"
+
+
 class CorruptImage(ImageIQError):
     status, code = 422, "corrupt_image"
 

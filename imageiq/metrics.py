@@ -45,6 +45,7 @@ class Metrics:
     canary_share: Any
     canary_agreement: Any
     canary_rollbacks: Any
+    explain_seconds: Any
 
 
 _lock = threading.Lock()
@@ -195,5 +196,11 @@ def _create() -> Metrics:
             "imageiq_canary_rollbacks",
             "Canaries rolled back automatically by their policy (by this replica).",
             ["model_name"],
+        ),
+        explain_seconds=pc.Histogram(
+            "imageiq_explain_seconds",
+            "Grad-CAM explanation per image (decode, forward, backward, heat map).",
+            _MODEL,
+            buckets=_LATENCY_BUCKETS,
         ),
     )

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     # Images in the one warm-up batch that runs before /readyz turns ready.
     warmup_batch_size: int = Field(1, ge=1, le=1024)
 
+    # /v1/explain (imageiq.explain): Grad-CAM needs gradients, so it runs an eager fp32 copy
+    # of the model on the CPU, not the serving runner. Copies kept per worker process, the
+    # least recently explained dropped first; each costs the model's weights again (ResNet-50:
+    # about 100 MB).
+    explain_cache_models: int = Field(2, ge=1, le=16)
+
     # Where the embedded defaults keep their state: the SQLite database, stored images and
     # the spool of records waiting for a dependency to come back. A volume in a cluster.
     data_dir: Path = Path(".imageiq")
