@@ -10,11 +10,12 @@ database that is down answers 503 ``database_unavailable`` with ``Retry-After``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
+from bentos.admin_routes import router as admin_router
 from bentos.auth import require
 from bentos.catalog_schemas import (
     CONTROL,
@@ -33,6 +34,7 @@ from bentos.catalog_schemas import (
 )
 from bentos.dbcall import db_call
 from bentos.http import note
+from bentos.model_routes import router as model_router
 from bentos.review_routes import router as review_router
 from bentos.schemas import ErrorResponse, ModelRefOut
 from bentos.state import state
@@ -46,6 +48,8 @@ from imageiq.settings import MODEL_TAG, TAG_PART
 
 router = APIRouter()
 router.include_router(review_router)
+router.include_router(model_router)
+router.include_router(admin_router)
 ImageId = Path(pattern=SHA256, description="The image id: its sha256, 64 hex digits.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (401, 403, 404, 422, 429, 503)
@@ -76,6 +80,16 @@ async def list_images(
     request: Request,
     principal: Principal = Depends(require("label")),
     label: str | None = Query(None, max_length=255, description="Given (true) label."),
+    source: Literal["user", "admin", "model"] | None = Query(
+        None, description="Has a label from this source (with `label`: that label from it)."
+    ),
+    attribute: str | None = Query(
+        None,
+        max_length=200,
+        description="name:value: the image's effective value of an attribute (an admin's "
+        "label beats a user's, which beats a model's; then the latest).",
+        examples=["shiny:yes"],
+    ),
     predicted_label: str | None = Query(None, max_length=255, description="Top-1 predicted."),
     min_confidence: float | None = Query(None, ge=0.0, le=1.0),
     max_confidence: float | None = Query(None, ge=0.0, le=1.0),
@@ -88,7 +102,7 @@ async def list_images(
 ) -> ImagePage:
     """Stored images, newest first, with their latest prediction and label. Prediction
     filters (predicted label, confidence range, model, version) match images that have one
-    prediction meeting all of them."""
+    prediction meeting all of them; ``label`` and ``source`` one label meeting both."""
     for field, text in (("label", label), ("predicted_label", predicted_label)):
         if text is not None and (CONTROL.search(text) or SURROGATE.search(text)):
             raise errors.InvalidParameter(
@@ -97,6 +111,8 @@ async def list_images(
     name, _, version = (model or "").partition(":")
     where = catalog.ImageFilter(
         label=label,
+        label_source=source,
+        attribute=_attribute(attribute),
         predicted_label=predicted_label,
         min_confidence=min_confidence,
         max_confidence=max_confidence,
@@ -278,6 +294,22 @@ async def activate_model(
         previous=previous,
         serving=list(pool.models),
     )
+
+
+def _attribute(text: str | None) -> tuple[str, str] | None:
+    """``name:value`` (split at the first colon) -> (name, value); 422 ``invalid_parameter``
+    naming the field for anything else."""
+    if text is None:
+        return None
+    head, colon, value = text.partition(":")
+    bad = CONTROL.search(text) or SURROGATE.search(text)
+    if not colon or bad or not catalog.ATTRIBUTE_HEAD.fullmatch(head) or not 0 < len(value) <= 64:
+        raise errors.InvalidParameter(
+            "attribute must be name:value: a name of 1 to 64 characters (no colon, quote, "
+            "backslash or control character), a colon, then a value of 1 to 64 characters.",
+            details={"field": "attribute", "expected": "name:value"},
+        )
+    return head, value
 
 
 def _check_known(pool: ModelPool, body: LabelIn) -> None:

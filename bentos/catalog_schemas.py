@@ -157,12 +157,30 @@ class DeletedOut(BaseModel):
     )
 
 
+class ModelFeedbackOut(BaseModel):
+    labelled: int = Field(
+        description="Its predictions (cache hits aside) whose image a person (user or "
+        "admin) labelled afterwards."
+    )
+    agreed: int = Field(description="Of those, how many had the label as top-1.")
+    agreement: float | None = Field(description="agreed / labelled; null when none.")
+
+
+class FeedbackStatsOut(BaseModel):
+    per_model: dict[str, ModelFeedbackOut] = Field(
+        description="Per name:version, as in predictions.per_model (the latest such label "
+        "of the image decides, as for a canary's agreement)."
+    )
+
+
 class StatsOut(BaseModel):
     images: dict[str, int]
     predictions: dict[str, Any] = Field(
-        description="total, cached, cache_hit_ratio, per_label, per_model, per_day."
+        description="total, cached, cache_hit_ratio, per_label, per_model, per_day, "
+        "confidence_histogram (10 equal-width bins of the top-1 score: lower, upper, count)."
     )
     labels: dict[str, Any] = Field(description="total, per_label, per_source.")
+    feedback: FeedbackStatsOut
     since: datetime | None = None
     until: datetime | None = None
 

@@ -4,27 +4,51 @@ plain functions over an engine, so the service stays a thin layer and tests need
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, delete, exists, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Integer,
+    Select,
+    and_,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from imageiq import errors, tombstones
 from imageiq.db.schema import AuditEntry, Image, Label, Model, Prediction, utcnow
+from imageiq.rollout import agreement_by_version
 
 if TYPE_CHECKING:
     from imageiq.cache import PredictionCache
     from imageiq.storage import ObjectStore
 
 
+CONFIDENCE_BINS = 10  # the stats' histogram of top-1 confidence: equal-width bins over [0, 1]
+# An attribute filter's head: any printable text but quotes and backslashes (a JSON path
+# on SQLite quotes it), up to 64 characters like the heads labels take.
+ATTRIBUTE_HEAD = re.compile(r'[^"\\\x00-\x1f\x7f]{1,64}')
+
+
 @dataclass(frozen=True)
 class ImageFilter:
-    label: str | None = None  # a given (ground-truth) label
+    label: str | None = None  # a given (ground-truth) label ...
+    label_source: str | None = None  # ... given by this source (user, admin, model)
+    # (head, value): the image's effective value of an attribute head (see _with_attribute)
+    attribute: tuple[str, str] | None = None
     predicted_label: str | None = None  # top-1 of some prediction ...
     min_confidence: float | None = None  # ... with a score in this range ...
     max_confidence: float | None = None
@@ -234,7 +258,11 @@ def stats(
     engine: Engine, *, since: datetime | None = None, until: datetime | None = None
 ) -> dict[str, Any]:
     """Counts per predicted label, per model version and per day; labels per label and
-    source; stored images; the share of predictions served from the cache."""
+    source; stored images; the share of predictions served from the cache; a histogram of
+    top-1 confidence; and per model version, how often its top-1 agreed with the label a
+    person (user or admin) gave the image afterwards (the canary's figure,
+    :func:`imageiq.rollout.agreement_by_version`; cache hits left out). Every figure
+    counts what was made in the window (``since``, ``until``)."""
 
     def window(column: Any) -> list[Any]:
         return [c for c in (since and column >= since, until and column < until) if c is not None]
@@ -256,6 +284,8 @@ def stats(
             return {str(k): int(n) for k, n in sorted(rows, key=lambda r: (-r[1], str(r[0])))}
 
         model = Prediction.model_name + ":" + Prediction.model_version
+        per_model = grouped(model, p_where, Prediction)
+        agreement = agreement_by_version(session, p_where, Prediction.cached.is_(False))
         out = {
             "images": {
                 "stored": session.scalar(
@@ -270,14 +300,18 @@ def stats(
                 "cached": cached,
                 "cache_hit_ratio": round(cached / total, 4) if total else None,
                 "per_label": grouped(Prediction.label, p_where, Prediction),
-                "per_model": grouped(model, p_where, Prediction),
+                "per_model": per_model,
                 "per_day": dict(sorted(grouped(day, p_where, Prediction).items())),
+                "confidence_histogram": _confidence_histogram(session, p_where),
             },
             "labels": {
                 "total": session.scalar(select(func.count()).select_from(Label).where(l_where))
                 or 0,
                 "per_label": grouped(Label.label, l_where, Label),
                 "per_source": grouped(Label.source, l_where, Label),
+            },
+            "feedback": {  # agreement's versions are among per_model's
+                "per_model": {tag: _feedback(*agreement.get(tag, (0, 0))) for tag in per_model}
             },
         }
     return out
@@ -352,10 +386,15 @@ def _filtered(where: ImageFilter) -> Select[Any]:
         query = query.where(Image.created_at >= where.created_after)
     if where.created_before is not None:
         query = query.where(Image.created_at < where.created_before)
+    given = [Label.image_sha256 == Image.sha256]  # a label and source: of one label row
     if where.label is not None:
-        query = query.where(
-            exists().where(Label.image_sha256 == Image.sha256, Label.label == where.label)
-        )
+        given.append(Label.label == where.label)
+    if where.label_source is not None:
+        given.append(Label.source == where.label_source)
+    if len(given) > 1:
+        query = query.where(exists().where(*given))
+    if where.attribute is not None:
+        query = query.where(Image.sha256.in_(_with_attribute(*where.attribute)))
     conditions: list[ColumnElement[bool]] = []
     if where.predicted_label is not None:
         conditions.append(Prediction.label == where.predicted_label)
@@ -370,6 +409,62 @@ def _filtered(where: ImageFilter) -> Select[Any]:
     if conditions:
         query = query.where(exists().where(Prediction.image_sha256 == Image.sha256, *conditions))
     return query
+
+
+def _with_attribute(head: str, value: str) -> Select[Any]:
+    """Images whose effective value of attribute ``head`` is ``value``, by training's rule
+    (training/db_source.py) applied to that head alone: of the label rows that give the
+    head a value, an admin's beats a user's, which beats a model's; within one source the
+    latest wins."""
+    if not ATTRIBUTE_HEAD.fullmatch(head):
+        raise errors.InvalidParameter(
+            f"Not an attribute name: {head[:64]!r}.", details={"field": "attribute"}
+        )
+    given = Label.attributes[head].as_string()
+    precedence = case({"admin": 0, "user": 1}, value=Label.source, else_=2)
+    rank = func.row_number().over(
+        partition_by=Label.image_sha256,
+        order_by=(precedence, Label.created_at.desc(), Label.id.desc()),
+    )
+    rows = (
+        select(Label.image_sha256, given.label("value"), rank.label("rank"))
+        .where(given.is_not(None), given != "")
+        .subquery()
+    )
+    return select(rows.c.image_sha256).where(rows.c.rank == 1, rows.c.value == value)
+
+
+def _feedback(labelled: int, agreed: int) -> dict[str, Any]:
+    return {
+        "labelled": labelled,
+        "agreed": agreed,
+        "agreement": round(agreed / labelled, 4) if labelled else None,
+    }
+
+
+def _confidence_histogram(session: Session, where: Any) -> list[dict[str, Any]]:
+    """Predictions per top-1 score bin: CONFIDENCE_BINS equal-width bins over [0, 1] (the
+    last one closed), counted in the database: ``width_bucket`` on PostgreSQL, an integer
+    cast (truncation) on SQLite."""
+    score = Prediction.score
+    if session.get_bind().dialect.name == "postgresql":
+        bucket: Any = func.width_bucket(score, 0.0, 1.0, CONFIDENCE_BINS) - 1
+    else:
+        bucket = cast(score * CONFIDENCE_BINS, Integer)
+    clamped = case((score >= 1.0, CONFIDENCE_BINS - 1), (score <= 0.0, 0), else_=bucket).label(
+        "bin"
+    )
+    bins = select(clamped).where(where).subquery()
+    rows = session.execute(select(bins.c.bin, func.count()).group_by(bins.c.bin))
+    counts = {int(b): int(n) for b, n in rows}
+    return [
+        {
+            "lower": round(i / CONFIDENCE_BINS, 4),
+            "upper": round((i + 1) / CONFIDENCE_BINS, 4),
+            "count": int(counts.get(i, 0)),
+        }
+        for i in range(CONFIDENCE_BINS)
+    ]
 
 
 def _latest(session: Session, table: Any, shas: list[str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import bentoml
 
 from imageiq.errors import ModelNotFound, StorageUnavailable
 from imageiq.registry import RegisteredModel, get_model
-from imageiq.settings import MODEL_TAG, Settings
+from imageiq.settings import MODEL_TAG, TAG_PART, Settings
 
 log = logging.getLogger(__name__)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -88,6 +89,30 @@ class ModelRepository:
         log.info("imported %s from %s", tag, self.where(tag))
         return get_model(tag)
 
+    def published(self, name: str) -> dict[str, datetime]:
+        """The versions of ``name`` in the repository and when each was published: one
+        listing (of the bucket's prefix, or the directory), no archive read."""
+        if not re.fullmatch(MODEL_TAG, name) or ":" in name:
+            raise ModelNotFound(f"Not a model name: {name[:200]!r}.")
+        found: dict[str, datetime] = {}
+        try:
+            if self.bucket:
+                pages = self._s3().get_paginator("list_objects_v2")
+                for page in pages.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}{name}/"):
+                    for item in page.get("Contents", []):
+                        version = _archive_version(item["Key"].rsplit("/", 1)[-1])
+                        if version is not None:
+                            found[version] = item["LastModified"].astimezone(timezone.utc)
+                return found
+            for path in (self.root / name).glob("*.bentomodel"):
+                version = _archive_version(path.name)
+                if version is not None:
+                    found[version] = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        except Exception as e:  # boto3's and the file system's errors alike
+            where = f"s3://{self.bucket}/{self.prefix}{name}/" if self.bucket else self.root / name
+            raise StorageUnavailable(f"Could not list the model repository ({where}): {e}") from e
+        return found
+
     def _fetch(self, name: str, version: str, dest: Path) -> bool:
         try:
             if self.bucket:
@@ -120,3 +145,9 @@ def _split(tag: str) -> tuple[str, str]:
     if not name or not version or not re.fullmatch(MODEL_TAG, tag):
         raise ModelNotFound(f"Not a model tag name:version: {tag!r}.")
     return name, version
+
+
+def _archive_version(filename: str) -> str | None:
+    """``<version>.bentomodel`` -> the version; None for anything else (a partial copy)."""
+    version = filename.removesuffix(".bentomodel")
+    return version if version != filename and re.fullmatch(TAG_PART, version) else None

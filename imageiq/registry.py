@@ -2,7 +2,8 @@
 
 A registered model is ``<name>:<version>`` (default name ``imageiq-classifier``) holding
 ``weights.pt`` (a state dict; no pickled code), any files registered with it (the data set's
-snapshot ``dataset.jsonl``: :func:`read_model_file`) and, in the store's metadata, a
+snapshot ``dataset.jsonl``, the held-out evaluation ``evaluation.json``:
+:func:`read_model_file`) and, in the store's metadata, a
 :class:`ModelCard`: architecture, labels, heads, preprocessing, metrics, dataset fingerprint
 and snapshot, training config and creation time. Loading rebuilds the network from the card.
 """
@@ -30,6 +31,9 @@ from imageiq.preprocessing import PreprocessConfig
 
 DEFAULT_MODEL_NAME = "imageiq-classifier"
 WEIGHTS_FILE = "weights.pt"
+# The held-out evaluation training registers with a model (training/report.py,
+# held_out_evaluation): confusion matrix, per-class scores, reliability bins and ECE.
+EVALUATION_FILE = "evaluation.json"
 CARD_VERSION = 1
 # Names a file registered with a model may have: plain names in the model's directory, never
 # a path, and never one of the files the store or the weights already use.

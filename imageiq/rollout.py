@@ -18,6 +18,10 @@ predictions); with ``promote_after`` it is promoted once it has served that many
 without being worse. :func:`end` makes the change with a conditional update, so two replicas
 judging at once end a rollout once; a promotion marks the challenger active, which every
 replica then serves (:mod:`imageiq.activation`).
+
+A person starts and ends one with :func:`start_by_hand` and :func:`end_by_hand`, the same
+for ``imageiq rollout`` and ``POST /v1/admin/rollouts``; the running replicas pick the
+change up within ``rollout_interval_s``.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from imageiq import errors
 from imageiq.db.schema import AuditEntry, Label, Model, Prediction, Rollout, utcnow
+from imageiq.review import champion_version
+
+if TYPE_CHECKING:
+    from imageiq.model_repo import ModelRepository
 
 HUMAN_SOURCES = ("user", "admin")
 _SAMPLE = 5000  # latest predictions per version the confidence and latency figures use
@@ -85,6 +93,7 @@ class RolloutInfo:
     started_at: datetime
     started_by: str | None
     ended_at: datetime | None
+    ended_by: str | None
     reason: str | None
     last_stats: dict[str, Any]
     evaluation_id: int | None
@@ -107,6 +116,23 @@ class RolloutConflict(errors.ImageIQError):
     status, code = 409, "rollout_conflict"
 
 
+class RolloutNotFound(errors.ImageIQError):
+    status, code = 404, "rollout_not_found"
+
+
+class RolloutEnded(errors.ImageIQError):
+    """Promoting or rolling back a canary that already ended (by its policy, on another
+    replica, or by a person)."""
+
+    status, code = 409, "rollout_ended"
+
+
+class NoChampion(errors.ImageIQError):
+    """A canary needs a champion: a version of the name marked active, or served."""
+
+    status, code = 409, "no_active_version"
+
+
 # --- starting, reading and ending ------------------------------------------------------------
 def start(
     engine: Engine,
@@ -118,6 +144,8 @@ def start(
     policy: RolloutPolicy,
     actor: str | None,
     evaluation_id: int | None = None,
+    request_id: str | None = None,
+    client_request_id: str | None = None,
 ) -> RolloutInfo:
     """Start a canary; ``RolloutConflict`` when one already runs for the name. Audited."""
     if not 0.0 < share < 1.0:
@@ -160,6 +188,8 @@ def start(
                     "share": share,
                     "policy": policy.model_dump(),
                 },
+                request_id=request_id,
+                client_request_id=client_request_id,
             )
         )
     return _info(row)
@@ -196,6 +226,8 @@ def end(
     actor: str | None,
     reason: str,
     stats: dict[str, Any] | None = None,
+    request_id: str | None = None,
+    client_request_id: str | None = None,
 ) -> bool:
     """End a running rollout, once: False when it had ended already (another replica, or a
     person, was first). A promotion marks the challenger active in the same transaction,
@@ -222,9 +254,100 @@ def end(
                 action="rollout.promote" if state == "promoted" else "rollout.rollback",
                 target=rollout.challenger,
                 detail={"rollout": rollout.id, "champion": rollout.champion, "reason": reason},
+                request_id=request_id,
+                client_request_id=client_request_id,
             )
         )
     return True
+
+
+def active_version(engine: Engine, model_name: str) -> str | None:
+    """The version of ``model_name`` marked active (by an activation or a promotion)."""
+    with Session(engine) as session:
+        return champion_version(session, model_name)
+
+
+def start_by_hand(
+    engine: Engine,
+    *,
+    repo: ModelRepository,
+    model_name: str,
+    challenger_version: str,
+    share: float,
+    policy: RolloutPolicy,
+    actor: str | None,
+    serving: str | None = None,
+    request_id: str | None = None,
+    client_request_id: str | None = None,
+) -> RolloutInfo:
+    """A canary of ``model_name:challenger_version`` against the champion: the version
+    marked active, else ``serving`` (the version a replica serves for the name, when none
+    was ever activated). The challenger comes from the local store or the model repository
+    (``ModelNotFound`` when neither has it) and is published, so every replica can import
+    it. ``NoChampion`` without a champion, ``InvalidParameter`` when the challenger is the
+    champion, ``RolloutConflict`` when a canary of the name runs."""
+    champion = active_version(engine, model_name) or serving
+    if champion is None:
+        raise NoChampion(
+            f"No version of {model_name} is active or served: activate one before a canary.",
+            details={"model": model_name},
+        )
+    if challenger_version == champion:
+        raise errors.InvalidParameter(
+            f"{model_name}:{challenger_version} is the active version already.",
+            details={"field": "version", "active": champion},
+        )
+    busy = [r for r in running(engine) if r.model_name == model_name]
+    if busy:  # checked again under the lock by start(); this spares the publishing
+        raise RolloutConflict(
+            f"A canary of {busy[0].challenger} is running (rollout {busy[0].id}): promote or "
+            "roll it back first.",
+            details={"rollout": busy[0].id},
+        )
+    repo.publish(repo.ensure_local(f"{model_name}:{challenger_version}").tag)
+    return start(
+        engine,
+        model_name=model_name,
+        champion_version=champion,
+        challenger_version=challenger_version,
+        share=share,
+        policy=policy,
+        actor=actor,
+        request_id=request_id,
+        client_request_id=client_request_id,
+    )
+
+
+def end_by_hand(
+    engine: Engine,
+    rollout_id: int,
+    *,
+    state: Literal["promoted", "rolled_back"],
+    actor: str | None,
+    reason: str,
+    request_id: str | None = None,
+    client_request_id: str | None = None,
+) -> RolloutInfo:
+    """Promote or roll back a running canary (:func:`end`) and return it as it ended;
+    ``RolloutNotFound``, or ``RolloutEnded`` when it had ended already."""
+    found = get(engine, rollout_id)
+    if found is None:
+        raise RolloutNotFound(f"No rollout {rollout_id}.", details={"rollout": rollout_id})
+    if found.state == "running" and end(
+        engine,
+        found,
+        state=state,
+        actor=actor,
+        reason=reason,
+        request_id=request_id,
+        client_request_id=client_request_id,
+    ):
+        return get(engine, rollout_id) or found
+    now = get(engine, rollout_id) or found
+    raise RolloutEnded(
+        f"Rollout {rollout_id} ({found.challenger}) already ended: {now.state}.",
+        details={"rollout": rollout_id, "state": now.state},
+    )
 
 
 def save_stats(engine: Engine, rollout_id: int, stats: dict[str, Any]) -> None:
@@ -335,25 +458,41 @@ def judge(champion: VersionStats, challenger: VersionStats, policy: RolloutPolic
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _agreement(session: Session, since: tuple[Any, ...]) -> tuple[int, int]:
-    """(predictions labelled by a human after they were made, how many of them agreed): the
-    latest such label of the image decides."""
-    rows = session.execute(
-        select(Prediction.id, Prediction.label, Label.label)
+def agreement_by_version(session: Session, *where: Any) -> dict[str, tuple[int, int]]:
+    """Per ``name:version``, of the predictions matching ``where``: (how many a human (user
+    or admin) labelled after they were made, how many of those the top-1 agreed with). The
+    latest such label of the image decides; counted in the database, on both kinds."""
+    rank = func.row_number().over(
+        partition_by=Prediction.id, order_by=(Label.created_at.desc(), Label.id.desc())
+    )
+    inner = (
+        select(
+            Prediction.model_name.label("name"),
+            Prediction.model_version.label("version"),
+            case((Prediction.label == Label.label, 1), else_=0).label("agreed"),
+            rank.label("rank"),
+        )
         .join(Label, Label.image_sha256 == Prediction.image_sha256)
         .where(
-            *since,
+            *where,
             Label.source.in_(HUMAN_SOURCES),
             Label.label.is_not(None),
             Label.created_at >= Prediction.created_at,
         )
-        .order_by(Label.created_at, Label.id)
-        .limit(200_000)
+        .subquery()
+    )
+    rows = session.execute(
+        select(inner.c.name, inner.c.version, func.count(), func.sum(inner.c.agreed))
+        .where(inner.c.rank == 1)
+        .group_by(inner.c.name, inner.c.version)
     ).all()
-    latest: dict[Any, bool] = {}
-    for prediction_id, predicted, given in rows:
-        latest[prediction_id] = predicted == given
-    return len(latest), sum(latest.values())
+    return {f"{name}:{version}": (int(n), int(agreed or 0)) for name, version, n, agreed in rows}
+
+
+def _agreement(session: Session, since: tuple[Any, ...]) -> tuple[int, int]:
+    """(predictions labelled by a human after they were made, how many of them agreed)."""
+    found = agreement_by_version(session, *since).values()
+    return sum(n for n, _ in found), sum(agreed for _, agreed in found)
 
 
 def _mark_active(session: Session, name: str, version: str) -> None:
@@ -389,6 +528,7 @@ def _info(row: Rollout) -> RolloutInfo:
         started_at=row.started_at,
         started_by=row.started_by,
         ended_at=row.ended_at,
+        ended_by=row.ended_by,
         reason=row.reason,
         last_stats=dict(row.last_stats or {}),
         evaluation_id=row.evaluation_id,

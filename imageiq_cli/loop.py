@@ -180,23 +180,14 @@ def cmd_rollout_start(args: argparse.Namespace, settings: Settings) -> int:
     from imageiq import rollout
     from imageiq.backends import open_database
     from imageiq.model_repo import ModelRepository
-    from training.retrain import active_version
 
     name, _, version = args.challenger.partition(":")
     if not version:
         raise ConfigurationError("Name the challenger as name:version.")
-    engine = open_database(settings)
-    champion = active_version(engine, name)
-    if champion is None:
-        raise ConfigurationError(
-            f"No version of {name} is marked active: activate one before a canary."
-        )
-    repo = ModelRepository(settings)
-    repo.publish(repo.ensure_local(args.challenger).tag)
-    started = rollout.start(
-        engine,
+    started = rollout.start_by_hand(
+        open_database(settings),
+        repo=ModelRepository(settings),
         model_name=name,
-        champion_version=champion.split(":", 1)[1],
         challenger_version=version,
         share=args.share,
         policy=rollout.RolloutPolicy(
@@ -224,9 +215,10 @@ def cmd_rollout_end(args: argparse.Namespace, settings: Settings) -> int:
     state: Literal["promoted", "rolled_back"] = (
         "promoted" if args.verb == "promote" else "rolled_back"
     )
-    if not rollout.end(engine, running[0], state=state, actor=_actor(), reason=args.reason):
-        raise ConfigurationError("The canary ended meanwhile (imageiq rollout status).")
-    console.print(f"{running[0].challenger}: {state.replace('_', ' ')}")
+    ended = rollout.end_by_hand(
+        engine, running[0].id, state=state, actor=_actor(), reason=args.reason
+    )
+    console.print(f"{ended.challenger}: {state.replace('_', ' ')}")
     return 0
 
 

@@ -5,6 +5,9 @@ Per head: top-1 (and top-5 with more than 5 classes), macro-F1, log-loss, per-cl
 precision/recall/F1 and the confusion matrix (scikit-learn); for calibration the ECE
 (torchmetrics) without and with the model's stored temperature, and the reliability
 diagram. Written as ``report.json`` plus PNGs when given a directory.
+
+:func:`held_out_evaluation` is the smaller summary training registers with every model
+(``evaluation.json``), which ``GET /v1/models/{name}/versions/{version}`` answers.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
     classification_report,
     confusion_matrix,
+    precision_recall_fscore_support,
 )
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from imageiq.architectures import MAIN_HEAD
 from imageiq.errors import ConfigurationError, DatasetError
@@ -36,6 +42,8 @@ from training.sources import LabelledData
 
 # head -> (targets, served probabilities, probabilities without the temperature)
 Arrays = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+EVALUATION_FORMAT = 1
+RELIABILITY_BINS = 10  # equal-width top-1 confidence bins of evaluation.json
 
 
 def predict_data(
@@ -184,6 +192,81 @@ def build_report(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def held_out_evaluation(
+    labels: Sequence[str], targets: np.ndarray, probs: np.ndarray, *, temperature: float = 1.0
+) -> dict[str, Any]:
+    """The main head's scores on the held-out split, as served (``probs`` with the
+    temperature applied): the confusion matrix (rows true, columns predicted), per-class
+    precision, recall, F1 and support (scikit-learn), and calibration: the ECE and the
+    reliability diagram's 10 equal-width top-1 confidence bins, each with its count, mean
+    confidence and accuracy (null when empty). The bins are scikit-learn's
+    (``calibration_curve``: (lower, upper], 0 in the first); the ECE is torchmetrics'
+    over the same 10 bins ([lower, upper), a score of exactly 1 on its own), so the two
+    differ only by scores exactly on a bin edge."""
+    known = targets != IGNORE
+    t, p = targets[known], probs[known]
+    classes = list(range(len(labels)))
+    predicted = p.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        t, predicted, labels=classes, zero_division=0
+    )
+    confidence = p.max(axis=1)
+    correct = (predicted == t).astype(int)
+    edges = np.linspace(0.0, 1.0, RELIABILITY_BINS + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], confidence), minlength=RELIABILITY_BINS)
+    accuracy, mean_confidence = (
+        calibration_curve(correct, confidence, n_bins=RELIABILITY_BINS, strategy="uniform")
+        if len(t)
+        else (np.array([]), np.array([]))
+    )
+    filled = iter(zip(mean_confidence.tolist(), accuracy.tolist(), strict=True))
+    bins = []
+    for i, count in enumerate(counts.tolist()):
+        mean, share = next(filled) if count else (None, None)
+        bins.append(
+            {
+                "lower": round(float(edges[i]), 4),
+                "upper": round(float(edges[i + 1]), 4),
+                "count": int(count),
+                "confidence": mean,
+                "accuracy": share,
+            }
+        )
+    ece = (
+        float(
+            multiclass_calibration_error(
+                torch.as_tensor(p, dtype=torch.float32),
+                torch.as_tensor(t, dtype=torch.long),
+                num_classes=len(labels),
+                n_bins=RELIABILITY_BINS,
+                norm="l1",
+            )
+        )
+        if len(t)
+        else None
+    )
+    return {
+        "format": EVALUATION_FORMAT,
+        "head": MAIN_HEAD,
+        "images": int(known.sum()),
+        "temperature": temperature,
+        "top1": float(correct.mean()) if len(t) else None,
+        "labels": list(labels),
+        "confusion_matrix": confusion_matrix(t, predicted, labels=classes).tolist(),
+        "per_class": [
+            {
+                "label": label,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(labels)
+        ],
+        "reliability": {"ece": ece, "bins": bins},
+    }
 
 
 def plot_confusion(section: dict[str, Any], path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import random
 import time
@@ -28,7 +29,7 @@ from imageiq.architectures import MAIN_HEAD, ImageIQNet, WeightsSource, build_mo
 from imageiq.errors import ConfigurationError
 from imageiq.inference import resolve_device, resolve_precision
 from imageiq.preprocessing import PreprocessConfig
-from imageiq.registry import ModelCard, RegisteredModel, register_model
+from imageiq.registry import EVALUATION_FILE, ModelCard, RegisteredModel, register_model
 from training.augment import Augmentation, TrainTransform
 from training.options import add_arguments
 
@@ -37,6 +38,7 @@ from training.calibration import expected_calibration_error, fit_temperature, te
 from training.data import LabelledDataset, held_out_dataset, stratified_split
 from training.loop import IGNORE, Chance, FitConfig, Trainer, TrainingDiverged, divergence
 from training.recipe import Recipe, auto_lr, fallback_lr, resolve_recipe
+from training.report import held_out_evaluation
 from training.run import RunDir
 from training.sources import (
     SNAPSHOT_FILE,
@@ -139,13 +141,22 @@ def main(
     )
     if prepared.chance.no_better(final["val_top1"]):
         raise TrainingDiverged(_chance_message(args, prepared, final))
-    temperature = _calibrate(trainer, prepared.val_loader, final)
+    held_out = trainer.evaluate(prepared.val_loader)["arrays"]
+    temperature = _calibrate(held_out, final)
+    targets, probs = held_out[MAIN_HEAD]
+    evaluation = held_out_evaluation(
+        data.classes,
+        targets,
+        temper(probs, temperature[MAIN_HEAD]),
+        temperature=temperature[MAIN_HEAD],
+    )
     model = _register(
         args,
         net,
         prepared,
         final,
         temperature,
+        evaluation=evaluation,
         history=trainer.state.history,
         device=device,
         run=run,
@@ -401,12 +412,15 @@ def _register(
     final: dict[str, float],
     temperature: dict[str, float],
     *,
+    evaluation: dict[str, Any],
     history: list[dict[str, float]],
     device: torch.device,
     run: RunDir,
 ) -> RegisteredModel:
     """The weights and their card (labels, heads, preprocessing, metrics, temperature,
-    dataset fingerprint, resolved config) as a new version in the model store."""
+    dataset fingerprint, resolved config) as a new version in the model store, with the
+    data set's snapshot and the held-out evaluation (:func:`held_out_evaluation`) as files
+    of the model."""
     data = prepared.data
     # The data set as trained on (ids, sha256, labels, split), so it can be rebuilt exactly.
     snapshot = write_snapshot(snapshot_rows(data, prepared.train_idx, prepared.val_idx))
@@ -429,7 +443,11 @@ def _register(
             "history": history,
         },
     )
-    return register_model(net.cpu(), card, name=args.model_name, files={SNAPSHOT_FILE: snapshot})
+    files = {
+        SNAPSHOT_FILE: snapshot,
+        EVALUATION_FILE: (json.dumps(evaluation, indent=1) + "\n").encode(),
+    }
+    return register_model(net.cpu(), card, name=args.model_name, files=files)
 
 
 def _report(
@@ -455,11 +473,10 @@ def _report(
 
 
 def _calibrate(
-    trainer: Trainer, val_loader: DataLoader[Any], final: dict[str, float]
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]], final: dict[str, float]
 ) -> dict[str, float]:
-    """A temperature per head fitted on the held-out split with the registered weights, and
-    the main head's ECE before and after it (into ``final``)."""
-    arrays = trainer.evaluate(val_loader)["arrays"]
+    """A temperature per head fitted on the held-out split's (targets, probabilities) with
+    the registered weights, and the main head's ECE before and after it (into ``final``)."""
     temperature = {}
     for head, (targets, probs) in arrays.items():
         known = targets != IGNORE

@@ -301,6 +301,75 @@ def test_hostile_ids_are_not_found(engine: Engine, gallery: dict[str, str]) -> N
         assert connection.scalar(select(Tombstone.sha256)) is None
 
 
+def test_filter_by_label_source(engine: Engine, gallery: dict[str, str]) -> None:
+    assert ids(engine, ImageFilter(label_source="user")) == [gallery["cat"]]
+    assert ids(engine, ImageFilter(label_source="admin")) == [gallery["dog"]]
+    assert ids(engine, ImageFilter(label_source="model")) == []
+    # With a label: that label from that source (one and the same label row).
+    assert ids(engine, ImageFilter(label="dog", label_source="admin")) == [gallery["dog"]]
+    assert ids(engine, ImageFilter(label="dog", label_source="user")) == []
+    assert ids(engine, ImageFilter(label="cat", label_source="admin")) == []
+    for hostile in HOSTILE:
+        assert ids(engine, ImageFilter(label_source=hostile)) == [], hostile
+
+
+def _label(
+    engine: Engine, image: str, attributes: dict[str, str], *, source: str, at: datetime
+) -> None:
+    row = {
+        "image_sha256": image,
+        "label": None,
+        "attributes": attributes,
+        "source": source,
+        "created_by": None,
+        "created_at": at,
+    }
+    catalog.insert_ignore(engine, Label, [row])
+
+
+def test_filter_by_effective_attribute_value(engine: Engine) -> None:
+    """Per head, training's rule: admin beats user beats model whatever the times; within a
+    source the latest wins; a row without the head (or with it empty) does not count."""
+    a, b, c, d = (add_image(engine, n, at=T0 - timedelta(minutes=n)) for n in range(1, 5))
+    # a: a user said shiny=yes, later another user no, then a model yes: the later user wins.
+    _label(engine, a, {"shiny": "yes"}, source="user", at=T0)
+    _label(engine, a, {"shiny": "no"}, source="user", at=T0 + timedelta(hours=1))
+    _label(engine, a, {"shiny": "yes"}, source="model", at=T0 + timedelta(hours=2))
+    # b: an admin's yes beats a later user's no; a later admin row of another head, and an
+    # empty value, leave shiny alone.
+    _label(engine, b, {"shiny": "yes", "shadow": "no"}, source="admin", at=T0)
+    _label(engine, b, {"shiny": "no"}, source="user", at=T0 + timedelta(hours=1))
+    _label(engine, b, {"shadow": "yes", "shiny": ""}, source="admin", at=T0 + timedelta(hours=2))
+    # c: only a model's pseudo-label. d: a class label without attributes.
+    _label(engine, c, {"shiny": "yes"}, source="model", at=T0)
+    add_label_row(engine, d, label="cat", at=T0)
+    assert ids(engine, ImageFilter(attribute=("shiny", "yes"))) == [b, c]
+    assert ids(engine, ImageFilter(attribute=("shiny", "no"))) == [a]
+    assert ids(engine, ImageFilter(attribute=("shadow", "yes"))) == [b]
+    assert ids(engine, ImageFilter(attribute=("shadow", "no"))) == []
+    assert ids(engine, ImageFilter(attribute=("colour", "red"))) == []
+    assert ids(engine, ImageFilter(attribute=("shiny", "YES"))) == []  # values are exact
+    # It combines with the other filters.
+    assert ids(engine, ImageFilter(attribute=("shiny", "yes"), label_source="admin")) == [b]
+    assert ids(engine, ImageFilter(attribute=("shiny", "yes"), label_source="user")) == [b]
+    assert ids(engine, ImageFilter(attribute=("shiny", "yes"), label="cat")) == []
+
+
+def test_hostile_attribute_filters_find_nothing_or_are_refused(engine: Engine) -> None:
+    image = add_image(engine, 1, at=T0)
+    _label(engine, image, {"shiny": "yes"}, source="user", at=T0)
+    for hostile in HOSTILE:
+        assert ids(engine, ImageFilter(attribute=("shiny", hostile))) == [], hostile
+        try:
+            found = ids(engine, ImageFilter(attribute=(hostile, "yes")))
+        except errors.InvalidParameter as e:  # a quote, a backslash, a control character
+            assert e.details == {"field": "attribute"}
+            assert any(c in hostile for c in '"\\\n') or len(hostile) > 64, hostile
+        else:
+            assert found == [], hostile
+    assert ids(engine, ImageFilter(attribute=("shiny", "yes"))) == [image]
+
+
 def test_extreme_numbers_and_times_in_filters(engine: Engine, gallery: dict[str, str]) -> None:
     everything = [gallery["bird"], gallery["dog"], gallery["cat"]]
     assert ids(engine, ImageFilter(min_confidence=float("-inf"))) == everything
@@ -525,6 +594,21 @@ def test_stats(engine: Engine, gallery: dict[str, str]) -> None:
     assert labels["total"] == 3
     assert labels["per_label"] == {"cat": 1, "dog": 1, "wolf": 1}
     assert labels["per_source"] == {"admin": 2, "user": 1}
+    histogram = predictions["confidence_histogram"]
+    assert [(b["lower"], b["upper"]) for b in histogram] == [
+        (i / 10, (i + 1) / 10) for i in range(10)
+    ]
+    # 0.20 (bird), 0.40 (cat by v2), 0.70 (dog), 0.95 (cat) and 0.99 (the unstored image)
+    assert [b["count"] for b in histogram] == [0, 0, 1, 0, 1, 0, 0, 1, 0, 2]
+    # v1's cat and dog were labelled after (or as) they were predicted, and it was right;
+    # v2 predicted cat after its label; species' only prediction was a cache hit.
+    assert out["feedback"] == {
+        "per_model": {
+            "digits:v1": {"labelled": 2, "agreed": 2, "agreement": 1.0},
+            "digits:v2": {"labelled": 0, "agreed": 0, "agreement": None},
+            "species:1": {"labelled": 0, "agreed": 0, "agreement": None},
+        }
+    }
 
 
 def test_stats_counts_days_in_utc(engine: Engine) -> None:
@@ -559,8 +643,48 @@ def test_stats_of_an_empty_database(engine: Engine) -> None:
         "per_label": {},
         "per_model": {},
         "per_day": {},
+        "confidence_histogram": [
+            {"lower": i / 10, "upper": (i + 1) / 10, "count": 0} for i in range(10)
+        ],
     }
     assert out["labels"] == {"total": 0, "per_label": {}, "per_source": {}}
+    assert out["feedback"] == {"per_model": {}}
+
+
+def test_stats_confidence_histogram_bins(engine: Engine) -> None:
+    """Equal-width bins, each closed below; 1.0 falls in the last; the window applies."""
+    image = add_image(engine, 1, at=T0)
+    scores = [0.0, 0.05, 0.1, 0.35, 0.5, 0.95, 0.999, 1.0]
+    for score in scores:
+        add_prediction(engine, image, label="a", score=score, at=T0)
+    add_prediction(engine, image, label="a", score=0.55, at=T0 - timedelta(days=1))
+    counts = [b["count"] for b in catalog.stats(engine)["predictions"]["confidence_histogram"]]
+    assert counts == [2, 1, 0, 1, 0, 2, 0, 0, 0, 3]
+    window = catalog.stats(engine, since=T0)["predictions"]["confidence_histogram"]
+    assert [b["count"] for b in window] == [2, 1, 0, 1, 0, 1, 0, 0, 0, 3]
+
+
+def test_stats_feedback_agreement_per_model_version(engine: Engine) -> None:
+    """The latest human label given after the prediction decides; model labels, labels
+    given before, and cache hits do not count; the window is the predictions'."""
+    images = [add_image(engine, n, at=T0) for n in range(6)]
+    later = T0 + timedelta(hours=1)
+    for image in images[:4]:
+        add_prediction(engine, image, label="cat", score=0.9, at=T0, model=("m", "1"))
+        add_prediction(engine, image, label="dog", score=0.6, at=T0, model=("m", "2"))
+    add_prediction(engine, images[0], label="cat", score=0.9, at=T0, model=("m", "1"), cached=True)
+    add_label_row(engine, images[0], label="cat", at=later)
+    add_label_row(engine, images[1], label="dog", at=later)  # a user says dog ...
+    add_label_row(engine, images[1], label="cat", at=later + timedelta(hours=1), source="admin")
+    add_label_row(engine, images[2], label="dog", at=T0 - timedelta(hours=1))  # before: no
+    add_label_row(engine, images[3], label="dog", at=later, source="model")  # a model: no
+    add_label_row(engine, images[4], label="cat", at=later)  # never predicted
+    per_model = catalog.stats(engine)["feedback"]["per_model"]
+    assert per_model == {
+        "m:1": {"labelled": 2, "agreed": 2, "agreement": 1.0},
+        "m:2": {"labelled": 2, "agreed": 0, "agreement": 0.0},
+    }
+    assert catalog.stats(engine, since=later)["feedback"] == {"per_model": {}}
 
 
 # --- models ------------------------------------------------------------------------------------
