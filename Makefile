@@ -17,7 +17,7 @@ DEMO_KEY ?= .data/demo.key
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: install tools serve demo-model test test-k8s lint format clean k8s dashboards chart-schema rollout rollback load bench hostile
+.PHONY: install tools web serve demo-model test test-k8s lint format clean k8s dashboards chart-schema rollout rollback load bench hostile
 
 install: $(VENV)/.install-stamp
 
@@ -37,20 +37,35 @@ tools/node_modules/.stamp: tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The web app (web/: React, TypeScript, Vite), built into bentos/webui, which the service
+# serves at /ui and the bento includes. Rebuilt only when its sources or lockfile change;
+# the service needs no Node at run time.
+WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) $(wildcard web/index.html web/*.config.* web/tsconfig*.json)
+web: bentos/webui/index.html
+
+web/node_modules/.stamp: web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	@touch $@
+
+bentos/webui/index.html: web/node_modules/.stamp $(WEB_SOURCES)
+	npm run --prefix web --silent build
+
 demo-model: install
 	$(BIN)/imageiq demo-model --data $(DEMO_DATA)
 
 # The embedded defaults: SQLite and stored images under .imageiq/, an in-process cache. The
 # demo's key (scope: admin, which includes classify and label) is kept in $(DEMO_KEY), mode
 # 0600, and never printed: send it as `Authorization: Bearer $$(cat $(DEMO_KEY))`.
-serve: demo-model
+serve: demo-model web
 	$(BIN)/imageiq db upgrade
 	$(BIN)/imageiq keys create --name demo --scopes admin --save $(DEMO_KEY) --if-missing > /dev/null
-	@echo "Demo API key (scope: admin) in $(abspath $(DEMO_KEY)) (mode 0600); use it with:"
+	@echo "Demo API key (scope: admin) in $(abspath $(DEMO_KEY)) (mode 0600); sign in to the web app at http://$(HOST):$(PORT)/ui/ with it, or:"
 	@echo "  curl -H \"Authorization: Bearer \$$(cat $(DEMO_KEY))\" -F image=@photo.jpg http://$(HOST):$(PORT)/v1/classify"
 	$(BIN)/bentoml serve bentos.service:ImageClassifier --host $(HOST) --port $(PORT)
 
-lint: install tools
+lint: install tools web/node_modules/.stamp
+	npm run --prefix web --silent lint
+	npm run --prefix web --silent typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -63,7 +78,8 @@ lint: install tools
 
 # Everything: linters, the unit and service tests, and the offline Kubernetes checks
 # (tests/k8s: chart, manifests, rules, dashboards, bento, and the pod run as the chart says).
-test: lint
+test: lint web
+	npm run --prefix web --silent test
 	$(BIN)/python -m pytest
 
 # The Kubernetes checks alone.
@@ -140,4 +156,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf .bentoml-test .load .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/schemas
+	rm -rf .bentoml-test .load .pytest_cache .mypy_cache .ruff_cache tools/node_modules tools/schemas web/node_modules bentos/webui

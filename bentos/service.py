@@ -35,11 +35,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import imageiq
 from bentos.catalog import router as catalog_router
+from bentos.explain_routes import router as explain_router
 from bentos.http import EnvelopeOutsideApi, RequestGuard, install_error_handlers
 from bentos.inputs import Limits
 from bentos.planes import MetricsOnApiPort, serve_metrics
 from bentos.routes import router as classify_router
 from bentos.state import ServiceState
+from bentos.webui import UI_PATH, SecurityHeaders, UiApp, docs_router
 from imageiq import catalog, errors
 from imageiq.activation import ActivationSync
 from imageiq.backends import Backends, open_database
@@ -68,13 +70,17 @@ def build_api(settings: Settings) -> FastAPI:
             "Image classification. Send images as multipart/form-data files or base64 in JSON. "
             'Every error is `{"error": {code, message, request_id}}` with a stable `code`.'
         ),
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # FastAPI's pages load Swagger UI and ReDoc from a CDN: /v1/docs is ours (webui).
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
     api.add_middleware(RequestGuard, settings=settings)
     api.include_router(classify_router)
     api.include_router(catalog_router)
+    api.include_router(explain_router)
+    if docs:
+        api.include_router(docs_router())
     install_error_handlers(api)  # after the routes, so its catch-all route comes last
     return api
 
@@ -119,6 +125,7 @@ def build_service(settings: Settings) -> Any:
         metrics={"enabled": False},
     )
     @bentoml.asgi_app(api, path="/v1")
+    @bentoml.asgi_app(UiApp(), path=UI_PATH)
     class ImageClassifier:
         """Classifies images with the registered ImageIQ models named in the settings."""
 
@@ -288,6 +295,8 @@ def build_service(settings: Settings) -> Any:
 
     # bentoml.service turns the class into a Service (mypy still sees the class).
     ImageClassifier.models.extend(_declared_models(settings))  # type: ignore[attr-defined]
+    # The first added is the outermost: the headers go on every answer, the envelope's too.
+    ImageClassifier.add_asgi_middleware(SecurityHeaders)  # type: ignore[attr-defined]
     ImageClassifier.add_asgi_middleware(EnvelopeOutsideApi)  # type: ignore[attr-defined]
     if settings.metrics_port is None:
         ImageClassifier.add_asgi_middleware(MetricsOnApiPort)  # type: ignore[attr-defined]

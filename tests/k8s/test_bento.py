@@ -292,10 +292,15 @@ def test_the_image_gets_the_service_code_and_every_migration(
         and (p.suffix == ".py" or p.is_relative_to(ROOT / MIGRATIONS))
     }
     assert on_disk <= src, sorted(on_disk - src)
-    # Nothing else: code, migrations, pyproject.toml and BentoML's record of the build options.
+    # The web app as `make web` built it (`make test` builds it first): every file of it.
+    webui = {str(p.relative_to(ROOT)) for p in (ROOT / "bentos/webui").rglob("*") if p.is_file()}
+    assert "bentos/webui/index.html" in webui
+    assert webui <= src, sorted(webui - src)
+    # Nothing else: code, migrations, the app, pyproject.toml and BentoML's record of the
+    # build options.
     others = {
         p
-        for p in src
+        for p in src - webui
         if not (p.split("/")[0] in CODE and (p.endswith(".py") or p.startswith(MIGRATIONS)))
     }
     assert others == {"bentofile.yaml", "pyproject.toml"}

@@ -12,6 +12,7 @@ import yaml
 from starlette.routing import BaseRoute
 
 from bentos.catalog import router as catalog_router
+from bentos.explain_routes import router as explain_router
 from bentos.http import flat_routes
 from bentos.routes import router as classify_router
 from tests.k8s.kube import render
@@ -75,16 +76,23 @@ def _api_paths(routes: list[BaseRoute]) -> list[str]:
 def test_the_ingress_routes_the_public_api_only(values: tuple[str, ...]) -> None:
     rendered = objects(*([] if values else [PRODUCTION]), sets=values)
     ingress = rendered[("Ingress", "imageiq")]
-    every = _api_paths(classify_router.routes) + _api_paths(catalog_router.routes)
+    every = [
+        path
+        for router in (classify_router, catalog_router, explain_router)
+        for path in _api_paths(router.routes)
+    ]
     admin = [p for p in every if p.startswith("/v1/admin/")]
     assert admin  # the activate and delete routes
     for path in every:
         assert _routed(path, ingress) == (path not in admin), path
-    for private in ("/metrics", "/livez", "/readyz", "/docs.json", "/", "/v1/admin/x"):
+    for private in ("/metrics", "/livez", "/readyz", "/docs.json", "/v1/admin/x", "/foo"):
         assert not _routed(private, ingress), private
-    # The docs page only when asked for (production asks).
-    assert _routed("/v1/docs", ingress) == (not values)
-    assert _routed("/v1/openapi.json", ingress) == (not values)
+    # The web app (and / which redirects there), by default.
+    for app in ("/", "/ui", "/ui/", "/ui/images/abc", "/ui/assets/index-1.js"):
+        assert _routed(app, ingress), app
+    # The docs page and its local Swagger UI files only when asked for (production asks).
+    for docs in ("/v1/docs", "/v1/docs/init.js", "/v1/openapi.json", "/static_content/a.js"):
+        assert _routed(docs, ingress) == (not values), docs
 
 
 def test_the_network_policy_limits_egress_to_dns_and_the_dependencies() -> None:
