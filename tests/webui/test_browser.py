@@ -25,6 +25,16 @@ LONG_NAME = HOSTILE + "-" + "very-long-" * 40 + ".png"
 WAIT_MS = 60_000
 
 
+# Every control a screen reader can reach has an accessible name: its text, aria-label,
+# aria-labelledby, a <label>, or (images) alt.
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll(
+  'button, a[href], input:not([type=hidden]), select, textarea, [role=button], [role=switch]'
+)].filter(el => !(
+  el.getAttribute('aria-label')?.trim() || el.getAttribute('aria-labelledby') ||
+  (el.labels && el.labels.length) || el.textContent.trim() || el.getAttribute('title')
+)).map(el => el.outerHTML.slice(0, 120))"""
+
+
 def digit(digits_dir: Path, label: int, i: int = 0) -> bytes:
     return sorted((digits_dir / str(label)).iterdir())[i].read_bytes()
 
@@ -295,6 +305,7 @@ def test_every_page_fits_a_phone(browser: Any, ui_server: Server, path: str) -> 
         page.wait_for_load_state("networkidle")
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"/ui/{path} is {width} px wide"
+        assert page.evaluate(UNNAMED_CONTROLS) == [], f"/ui/{path}: controls without a name"
         screenshot(page, f"{path or 'classify'}-phone")
         assert_clean(watched, page)
     finally:
