@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from bentos.auth import require
@@ -29,8 +29,8 @@ from bentos.inputs import (
     _from_b64,
     _from_file,
     _json,
-    _message,
     _multipart,
+    _validated,
 )
 from bentos.schemas import ErrorResponse, ModelRefOut
 from bentos.state import state
@@ -271,7 +271,7 @@ async def read_explain(request: Request, limits: Limits) -> tuple[ExplainParams,
     classify's (the same parsers, limits and errors), with explain's options."""
     if _content_kind(request) == JSON:
         payload = await _json(request, limits)
-        body = _validated(ExplainJSON, payload, request, file_field="image_b64")
+        body = _validated(ExplainJSON, payload, None, request=request, file_field="image_b64")
         upload = await _decoded(lambda: _from_b64(body.image_b64, None, limits), body.image_b64)
         if upload.error:
             raise upload.error
@@ -282,7 +282,7 @@ async def read_explain(request: Request, limits: Limits) -> tuple[ExplainParams,
         if not files or not isinstance(files[0], UploadFile):
             raise errors.MissingImage("The multipart field 'image' must carry an image file.")
         fields = {k: v for k, v in form.multi_items() if k != "image"}
-        params = _validated(ExplainParams, fields, request, file_field="image")
+        params = _validated(ExplainParams, fields, None, request=request, file_field="image")
         if len(files) > 1:
             raise errors.InvalidParameter("Send one 'image' per request.")
         upload = await _from_file(files[0], limits)
@@ -291,22 +291,3 @@ async def read_explain(request: Request, limits: Limits) -> tuple[ExplainParams,
     if upload.error:
         raise upload.error
     return params, upload
-
-
-def _validated(model: type[P], payload: Any, request: Request, *, file_field: str) -> P:
-    if not isinstance(payload, dict):
-        raise errors.InvalidRequest("The JSON body must be an object.")
-    try:
-        return model.model_validate({**request.query_params, **payload})
-    except ValidationError as e:
-        problems = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": _message(err)}
-            for err in e.errors(include_url=False)
-        ]
-        if any(p["field"].split(".")[0] == file_field for p in problems):
-            raise errors.MissingImage(
-                f"'{file_field}' is missing or not what it should be.",
-                details={"problems": problems},
-            ) from e
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        raise errors.InvalidParameter(summary, details={"problems": problems}) from e

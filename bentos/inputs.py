@@ -188,11 +188,14 @@ def _json_values(limits: Limits) -> int:
 
 
 def _validated(
-    model: type[M], payload: Any, limits: Limits, *, request: Request, file_field: str
+    model: type[M], payload: Any, limits: Limits | None, *, request: Request, file_field: str
 ) -> M:
+    """``payload`` and the query string as ``model`` (the classify defaults under them when
+    ``limits`` is given), or the 4xx that says what is wrong."""
     if not isinstance(payload, dict):
         raise errors.InvalidRequest("The JSON body must be an object.")
-    data = {"top_k": limits.default_top_k, **request.query_params, **payload}
+    defaults = {"top_k": limits.default_top_k} if limits is not None else {}
+    data = {**defaults, **request.query_params, **payload}
     try:
         return model.model_validate(data)
     except ValidationError as e:
