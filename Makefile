@@ -70,7 +70,7 @@ lint: install tools web/node_modules/.stamp
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/mypy load-tests/bench.py load-tests/bench_report.py load-tests/cache_load.py load-tests/locustfile.py \
+	$(BIN)/mypy load-tests/bench.py load-tests/bench_jobs.py load-tests/bench_report.py load-tests/cache_load.py load-tests/locustfile.py \
 	  load-tests/load_data.py load-tests/load_checks.py load-tests/local_server.py load-tests/run_load.py \
 	  load-tests/frontend_service.py load-tests/hostile.py scripts monitoring/dashboards.py
 	$(BIN)/yamllint --strict .
@@ -80,7 +80,7 @@ lint: install tools web/node_modules/.stamp
 # (tests/k8s: chart, manifests, rules, dashboards, bento, and the pod run as the chart says).
 test: lint web
 	npm run --prefix web --silent test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=40
 
 # The Kubernetes checks alone.
 test-k8s: lint

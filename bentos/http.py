@@ -43,6 +43,8 @@ NOTES_KEY = "imageiq.notes"
 
 
 _ENVELOPE = 64 * 1024  # multipart boundaries, form fields, JSON keys
+# A JSON job (bentos.jobs_routes): options and a source; 1,000,000 image ids are 67 MB.
+JOBS_JSON_BYTES = 96 * 1024 * 1024
 
 
 def body_limit(settings: Settings, path: str) -> int:
@@ -51,6 +53,8 @@ def body_limit(settings: Settings, path: str) -> int:
         return settings.max_batch_request_bytes
     if path.endswith(("/classify", "/explain")):  # base64 in JSON is 4/3 of the file
         return settings.max_image_bytes * 4 // 3 + _ENVELOPE
+    if path.endswith("/v1/jobs") or path == "/jobs":  # an archive, streamed to disk
+        return max(settings.jobs_max_archive_bytes, JOBS_JSON_BYTES)
     return _ENVELOPE
 
 

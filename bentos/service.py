@@ -38,6 +38,7 @@ from bentos.catalog import router as catalog_router
 from bentos.explain_routes import router as explain_router
 from bentos.http import EnvelopeOutsideApi, RequestGuard, install_error_handlers
 from bentos.inputs import Limits
+from bentos.jobs_routes import router as jobs_router
 from bentos.planes import MetricsOnApiPort, serve_metrics
 from bentos.routes import router as classify_router
 from bentos.state import ServiceState
@@ -79,6 +80,7 @@ def build_api(settings: Settings) -> FastAPI:
     api.include_router(classify_router)
     api.include_router(catalog_router)
     api.include_router(explain_router)
+    api.include_router(jobs_router)
     if docs:
         api.include_router(docs_router())
     install_error_handlers(api)  # after the routes, so its catch-all route comes last

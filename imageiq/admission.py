@@ -38,7 +38,20 @@ BYTES_PER_PIXEL = 16
 # What holding a body of n bytes costs, by media type: JSON is read whole, parsed into a
 # str and base64-decoded (the raw bytes are released last); multipart keeps each part and
 # the bytes read from it; anything else is its bytes and a copy.
-PARSE_FACTOR = {"json": 4, "multipart": 3, "other": 2}
+PARSE_FACTOR = {"json": 4, "multipart": 3, "other": 2, "archive": 0}
+# Job archives (POST /v1/jobs) stream to a temporary file: they hold no memory.
+ARCHIVE_MEDIA = frozenset(
+    {
+        "application/zip",
+        "application/x-zip-compressed",
+        "application/x-tar",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-gtar",
+        "application/x-bzip2",
+        "application/x-xz",
+    }
+)
 _CGROUP_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
@@ -81,6 +94,8 @@ def parse_factor(content_type: str | None) -> int:
         return PARSE_FACTOR["json"]
     if media == "multipart/form-data":
         return PARSE_FACTOR["multipart"]
+    if media in ARCHIVE_MEDIA:
+        return PARSE_FACTOR["archive"]
     return PARSE_FACTOR["other"]
 
 

@@ -146,6 +146,62 @@ class AuthThrottled(ImageIQError):
     status, code = 429, "auth_throttled"
 
 
+# --- bulk jobs (imageiq.jobs) ---------------------------------------------------------------
+class JobNotFound(ImageIQError):
+    status, code = 404, "job_not_found"
+
+
+class JobFinished(ImageIQError):
+    """The job already ended (succeeded, failed or cancelled): it cannot be cancelled."""
+
+    status, code = 409, "job_finished"
+
+
+class JobNotDone(ImageIQError):
+    """Its results files are written when the job ends; the JSON Lines stream is there now."""
+
+    status, code = 409, "job_not_done"
+
+
+class BucketNotAllowed(ImageIQError):
+    """A job's source is in a bucket outside ``jobs_allowed_buckets``."""
+
+    status, code = 403, "bucket_not_allowed"
+
+
+class InvalidSource(ImageIQError):
+    """A job's source cannot be read as one: no such prefix or manifest, nothing under it."""
+
+    status, code = 422, "invalid_source"
+
+
+class InvalidManifest(InvalidSource):
+    """A manifest line that is not a key or URI the job may read (``..``, another scheme,
+    an absolute path): ``details`` has its line number."""
+
+    code = "invalid_manifest"
+
+
+class InvalidArchive(InvalidSource):
+    """An uploaded archive that is not a zip or tar, or one that breaks a bound (members,
+    sizes, compression ratio, names, links, nesting): refused before anything is kept."""
+
+    code = "invalid_archive"
+
+
+class TooManyItems(ImageIQError):
+    """More images in one job than ``jobs_max_items``."""
+
+    status, code = 413, "too_many_items"
+
+
+class CallbackNotAllowed(ImageIQError):
+    """A webhook URL that is not https/http, or that resolves to a private, loopback,
+    link-local or otherwise internal address outside ``webhook_allowed_networks`` (SSRF)."""
+
+    status, code = 422, "callback_not_allowed"
+
+
 class ClientClosedRequest(ImageIQError):
     """The client went away before its answer (nginx's 499): counted, never a 5xx."""
 
@@ -178,6 +234,12 @@ class CacheUnavailable(ImageIQError):
 
 class StorageUnavailable(ImageIQError):
     status, code = 503, "storage_unavailable"
+
+
+class JobsUnavailable(ImageIQError):
+    """No task queue is configured (``jobs_broker_url`` / ``redis_url``), or it is down."""
+
+    status, code = 503, "jobs_unavailable"
 
 
 class Timeout(ImageIQError):

@@ -46,6 +46,14 @@ class Metrics:
     canary_agreement: Any
     canary_rollbacks: Any
     explain_seconds: Any
+    jobs_submitted: Any
+    jobs_images: Any
+    jobs_chunk_seconds: Any
+    jobs_images_per_second: Any
+    jobs_queue_depth: Any
+    jobs_pending_images: Any
+    jobs_active: Any
+    webhook_deliveries: Any
 
 
 _lock = threading.Lock()
@@ -202,5 +210,47 @@ def _create() -> Metrics:
             "Grad-CAM explanation per image (decode, forward, backward, heat map).",
             _MODEL,
             buckets=_LATENCY_BUCKETS,
+        ),
+        # Bulk jobs (imageiq.jobs). The service counts submissions; `imageiq worker` serves
+        # the rest on its own port (worker_metrics_port). The gauges are read from Redis and
+        # the database by every worker: dashboards take max(), not sum().
+        jobs_submitted=pc.Counter(
+            "imageiq_jobs_submitted",
+            "Bulk jobs accepted, by source kind (s3_prefix, manifest, image_ids, archive).",
+            ["source"],
+        ),
+        jobs_images=pc.Counter(
+            "imageiq_jobs_images",
+            "Job images answered by this worker, by outcome (done, failed).",
+            ["outcome"],
+        ),
+        jobs_chunk_seconds=pc.Histogram(
+            "imageiq_jobs_chunk_seconds",
+            "Time a worker spent on one chunk (read, decode, inference, write).",
+            buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
+        ),
+        jobs_images_per_second=pc.Gauge(
+            "imageiq_jobs_images_per_second",
+            "This worker's throughput over its latest chunk.",
+        ),
+        jobs_queue_depth=pc.Gauge(
+            "imageiq_jobs_queue_depth",
+            "Chunks waiting in the task queue (what KEDA scales the workers on).",
+            multiprocess_mode="max",
+        ),
+        jobs_pending_images=pc.Gauge(
+            "imageiq_jobs_pending_images",
+            "Images of running jobs not answered yet.",
+            multiprocess_mode="max",
+        ),
+        jobs_active=pc.Gauge(
+            "imageiq_jobs_active",
+            "Jobs queued or running.",
+            multiprocess_mode="max",
+        ),
+        webhook_deliveries=pc.Counter(
+            "imageiq_webhook_deliveries",
+            "Job webhook delivery attempts, by outcome (delivered, failed, gave_up).",
+            ["outcome"],
         ),
     )

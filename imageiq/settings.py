@@ -252,6 +252,51 @@ class Settings(BaseSettings):
     # database. 0: never (canaries are then neither routed nor judged on this replica).
     rollout_interval_s: float = Field(10.0, ge=0.0, le=3600.0)
 
+    # Bulk jobs (POST /v1/jobs, `imageiq worker`; docs/jobs.md). Their task queue is
+    # Celery's on this Redis broker (unset: redis_url); without either, /v1/jobs answers
+    # 503 jobs_unavailable. `jobs_queue` is the Redis list KEDA scales the workers on.
+    jobs_broker_url: SecretStr | None = None
+    jobs_queue: str = Field("imageiq-jobs", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # Images per task: a worker takes a chunk, answers every image in it, then acknowledges
+    # it. A worker that dies mid-chunk loses nothing: the chunk is delivered again after
+    # `jobs_visibility_timeout_s` (keep it above a chunk's run time, or chunks run twice:
+    # harmless, the results are written once, but wasted work).
+    jobs_chunk_size: int = Field(256, ge=1, le=100_000)
+    jobs_visibility_timeout_s: int = Field(900, ge=5, le=7 * 86_400)
+    # A chunk that fails on a dependency (database, object store) is retried this many
+    # times, with exponential back-off from 2 s to 10 min, before its images fail.
+    jobs_max_retries: int = Field(10, ge=0, le=100)
+    # A worker's pipeline: reads from the object store at once, processes decoding (0: one
+    # per core), images per forward pass.
+    jobs_read_concurrency: int = Field(16, ge=1, le=1024)
+    jobs_decode_processes: int = Field(0, ge=0, le=256)
+    jobs_batch_size: int = Field(32, ge=1, le=4096)
+    # Bounds of a submission: images per job; S3 buckets a job may read (besides
+    # s3_bucket, always allowed); a manifest's size; an uploaded archive's size, members,
+    # and bytes once expanded (each member is also bounded by max_image_bytes).
+    jobs_max_items: int = Field(1_000_000, ge=1, le=100_000_000)
+    jobs_allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    jobs_max_manifest_bytes: int = Field(256 * MiB, ge=1024)
+    jobs_max_archive_bytes: int = Field(2048 * MiB, ge=1024)
+    jobs_max_archive_members: int = Field(100_000, ge=1, le=10_000_000)
+    jobs_max_archive_expanded_bytes: int = Field(16 * 1024 * MiB, ge=1024)
+    # Finished jobs' results files (Parquet and CSV) go to the object store under this
+    # prefix; their presigned links last this long.
+    jobs_results_prefix: str = Field("jobs/", pattern=r"^([A-Za-z0-9!_.*'()/-]{1,200})$")
+    jobs_results_link_ttl_s: int = Field(3600, ge=60, le=7 * 86_400)
+    # Job webhooks (signed, docs/jobs.md): a callback URL that resolves to a private,
+    # loopback, link-local or reserved address is refused unless one of these networks
+    # (CIDRs, e.g. 10.0.0.0/8) holds it. Each attempt waits at most webhook_timeout_s; a
+    # failed delivery is retried with exponential back-off (30 s, doubling, at most 10
+    # minutes apart, under two thirds of jobs_visibility_timeout_s so that a retry waiting in
+    # a worker is never handed to a second one) webhook_max_attempts times in all: about 2.5
+    # hours with the default.
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_timeout_s: float = Field(10.0, gt=0.0, le=120.0)
+    webhook_max_attempts: int = Field(20, ge=1, le=100)
+    # `imageiq worker` serves its Prometheus metrics on this port (0: none).
+    worker_metrics_port: int = Field(9400, ge=0, le=65535)
+
     # Service logs: one JSON object per line (for log shippers), or plain text.
     log_format: Literal["json", "text"] = "json"
 
@@ -300,6 +345,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("jobs_allowed_buckets", "webhook_allowed_networks", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            value = [v.strip() for v in value if not isinstance(v, str) or v.strip()]
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{network!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from e
+        return value
+
     @field_validator("api_key_pepper")
     @classmethod
     def _check_pepper(cls, value: SecretStr | None) -> SecretStr | None:
@@ -308,6 +375,12 @@ class Settings(BaseSettings):
             if secret.lower() in PLACEHOLDERS or len(secret) < 16:
                 raise ValueError("api_key_pepper must be a random secret of 16+ characters")
         return value
+
+    @property
+    def broker_url(self) -> str | None:
+        """The jobs' Celery broker: jobs_broker_url, else redis_url; None: no jobs."""
+        url = self.jobs_broker_url or self.redis_url
+        return url.get_secret_value() if url is not None else None
 
     @property
     def database(self) -> str:

@@ -218,6 +218,10 @@ class Stack:
             "IMAGEIQ_AUTH_CACHE_TTL_S": "0.5",
             "IMAGEIQ_RATE_LIMIT_BURST": "5",  # for keys with a limit of their own
             "IMAGEIQ_PRECISION": "fp32",
+            # Bulk jobs: webhooks to the tests' receivers on loopback, small chunks.
+            "IMAGEIQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+            "IMAGEIQ_JOBS_CHUNK_SIZE": "50",
+            "IMAGEIQ_JOBS_MAX_ARCHIVE_MEMBERS": "1000",
             **MotoServer.env,
         }
 

@@ -47,6 +47,8 @@ LABEL_SOURCES = ("user", "admin", "model")
 MODEL_STATUSES = ("staged", "active", "retired")
 EVALUATION_OUTCOMES = ("promoted", "canary", "rejected", "failed")
 ROLLOUT_STATES = ("running", "promoted", "rolled_back")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_ITEM_STATES = ("pending", "done", "failed")
 
 
 def _now() -> Any:
@@ -287,3 +289,92 @@ class Rollout(Base):
         Index("ix_rollouts_model_state", "model_name", "state"),
         CheckConstraint(f"state IN {ROLLOUT_STATES}", name="state"),
     )
+
+
+class Job(Base):
+    """A bulk classification job (``POST /v1/jobs``, :mod:`imageiq.jobs`): its options, the
+    model version every worker runs, and how it ended. Its images are ``job_items``."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    top_k: Mapped[int] = mapped_column(Integer)
+    min_confidence: Mapped[float] = mapped_column(Float)
+    source: Mapped[dict[str, Any]] = mapped_column(JSON)  # kind and where, never a secret
+    total: Mapped[int] = mapped_column(Integer)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    progress_webhooks: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str | None] = mapped_column(String(64))  # an API key id, or cli:<user>
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # format -> object key
+    error: Mapped[str | None] = mapped_column(String(2000))
+
+    __table_args__ = (CheckConstraint(f"state IN {JOB_STATES}", name="state"),)
+
+
+class JobItem(Base):
+    """One input of a job, in submission order: where its bytes are (``ref``), and once a
+    worker answered it, the sha256 of those bytes (its result is ``job_results``) or its
+    error. ``pending`` -> ``done`` | ``failed`` happens once (a re-delivered chunk skips it)."""
+
+    __tablename__ = "job_items"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ref: Mapped[str] = mapped_column(String(1100))  # s3://bucket/key or store:<key>
+    state: Mapped[str] = mapped_column(String(8), default="pending")
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(String(1000))
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_job_items_job_state", "job_id", "state"),
+        CheckConstraint(f"state IN {JOB_ITEM_STATES}", name="state"),
+    )
+
+
+class JobResult(Base):
+    """A job's answer for an image, keyed by the job and the image's sha256: written once
+    (inserts that meet an existing row do nothing), whichever worker and delivery get there."""
+
+    __tablename__ = "job_results"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(255))
+    score: Mapped[float] = mapped_column(Float)
+    top_k: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{label, score}], best first
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)  # {head: {label, score}}
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver a job's webhook: kept whatever its outcome."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    event: Mapped[str] = mapped_column(String(32))  # job.succeeded, job.progress, ...
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(1000))
+    duration_ms: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
