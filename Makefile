@@ -113,8 +113,11 @@ hostile: install
 
 # Serving benchmark (load-tests/bench.py; docs/performance.md). Its models (a ResNet-50 trained
 # on the digits, its int8 version, an EfficientNet-B0) live in a model store of their own.
+# Then a bulk-job worker's pipeline against the in-process ceiling (load-tests/bench_jobs.py).
 bench: install
 	BENTOML_HOME=$(CURDIR)/.bentoml-bench $(BIN)/python load-tests/bench.py $(BENCH_ARGS)
+	BENTOML_HOME=$(CURDIR)/.bentoml-bench $(BIN)/python load-tests/bench_jobs.py \
+	  --out docs/benchmarks/bench-jobs-cpu.json --docs $(BENCH_JOBS_ARGS)
 
 # Regenerate what is derived: k8s/ from the chart, the dashboards, the chart's settings schema.
 k8s: install tools

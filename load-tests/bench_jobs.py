@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml-bench"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_report  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench import Ceiling, machine  # noqa: E402
@@ -125,7 +127,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="per batch size")
     parser.add_argument("--no-compile", action="store_true", help="eager (a quick smoke run)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="the JSON file")
+    parser.add_argument(
+        "--docs", action="store_true", help="write the table into docs/performance.md"
+    )
     args = parser.parse_args()
     if args.no_compile:  # the ceiling reads the settings too
         os.environ["IMAGEIQ_COMPILE"] = "false"
@@ -143,6 +148,7 @@ def main() -> None:
         ceiling.close()
     best = ceiling.result()
     results = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "model": {"tag": model.tag, "architecture": model.card.architecture},
         "settings": settings.model_dump(
@@ -157,6 +163,40 @@ def main() -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+    report = markdown(results)
+    print(report)
+    if args.docs:
+        bench_report.write_into(ROOT / "docs" / "performance.md", report, begin=BEGIN, end=END)
+    ratio = results["worker_over_ceiling"]
+    print(
+        f"worker / ceiling {ratio:.2f}: target {TARGET} {'met' if ratio >= TARGET else 'NOT met'}"
+    )
+
+
+BEGIN, END = "<!-- bench-jobs:begin -->", "<!-- bench-jobs:end -->"
+TARGET = 0.9
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, c, w = results["machine"], results["ceiling"], results["worker"]
+    cpu = m.get("cpu", "?")
+    return "\n".join(
+        [
+            f"Run {results['date']} on {cpu} ({m.get('cores', '?')} cores), "
+            f"{results['model']['architecture']}, precision {c['runtime']}, "
+            f"compile {results['settings']['compile']} (`load-tests/bench_jobs.py`).",
+            "",
+            "| | images/s | notes |",
+            "|---|---|---|",
+            f"| in-process ceiling | {c['best_img_s']} | the model alone on prepared uint8 "
+            f"tensors, best batch {c['best_batch']} |",
+            f"| worker pipeline | {w['img_s']} | {w['images']} distinct 224x224 JPEGs decoded "
+            f"on {w['decode_processes']} processes, batches of {w['batch_size']}, chunks of "
+            f"{w['chunk_size']} |",
+            f"| **worker / ceiling** | **{results['worker_over_ceiling']:.2f}** | target "
+            f">= {TARGET} |",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -272,12 +272,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_into(doc: Path, report: str) -> None:
-    """Replaces the generated part of ``doc`` (between the bench markers) with ``report``."""
+def write_into(doc: Path, report: str, *, begin: str = BEGIN, end: str = END) -> None:
+    """Replaces the generated part of ``doc`` (between the markers) with ``report``."""
     text = doc.read_text()
-    block = f"{BEGIN}\n{report}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)

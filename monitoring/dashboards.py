@@ -28,6 +28,7 @@ from panels import (
     NS,
     RATE,
     SEL,
+    WORKER_SEL,
     Panel,
     bars,
     distribution,
@@ -374,6 +375,110 @@ def closed_loop() -> list[Panel]:
     ]
 
 
+def bulk_jobs() -> list[Panel]:
+    """`POST /v1/jobs` and the workers that answer it (`imageiq worker`, scrape job
+    "$job-worker"). The queue and job gauges are read from Redis and the database by every
+    worker: max() across them, never sum(). Throughput and failures are counters of each
+    worker: sum()."""
+    images = rate("imageiq_jobs_images_total", by="outcome", sel=WORKER_SEL)
+    failed = rate("imageiq_jobs_images_total", 'outcome="failed"', sel=WORKER_SEL)
+    answered = rate("imageiq_jobs_images_total", sel=WORKER_SEL)
+    chunk = rate("imageiq_jobs_chunk_seconds_bucket", by="le", sel=WORKER_SEL)
+    webhooks = rate("imageiq_webhook_deliveries_total", by="outcome", sel=WORKER_SEL)
+    submitted = rate("imageiq_jobs_submitted_total", by="source")
+    workers = f'{NS}, deployment="$job-worker"'
+    no_jobs = "No bulk-job workers (worker.enabled off) or no job yet"
+    return [
+        single(
+            "Chunks waiting",
+            "Chunks in the task queue, not yet taken by a worker: what KEDA (or the HPA) "
+            "scales the workers on. ImageIQJobsQueueStuck fires when it stays up while no "
+            "image is answered.",
+            f"max(imageiq_jobs_queue_depth{{{WORKER_SEL}}}) or vector(0)",
+            unit="short",
+        ),
+        single(
+            "Images pending",
+            "Images of running jobs not answered yet.",
+            f"max(imageiq_jobs_pending_images{{{WORKER_SEL}}}) or vector(0)",
+            unit="short",
+        ),
+        single(
+            "Jobs active",
+            "Jobs queued or running.",
+            f"max(imageiq_jobs_active{{{WORKER_SEL}}}) or vector(0)",
+            unit="short",
+        ),
+        graph(
+            "Job images answered",
+            "Images answered per second across the workers, by outcome (done, failed).",
+            queries((images, "{{outcome}}")),
+            unit="ops",
+            no_value=no_jobs,
+        ),
+        graph(
+            "Job image failure ratio",
+            "Failed images among those answered; ImageIQJobsFailingImages fires above 10%.",
+            queries((f"({failed} or 0 * {answered}) / {answered}", "failed")),
+            unit="percentunit",
+            no_value=no_jobs,
+            width=8,
+        ),
+        graph(
+            "Job progress",
+            "Images of running jobs not answered yet, and jobs queued or running.",
+            queries(
+                (f"max(imageiq_jobs_pending_images{{{WORKER_SEL}}})", "images pending"),
+                (f"max(imageiq_jobs_active{{{WORKER_SEL}}})", "jobs active"),
+                (f"max(imageiq_jobs_queue_depth{{{WORKER_SEL}}})", "chunks waiting"),
+            ),
+            width=8,
+            no_value=no_jobs,
+        ),
+        graph(
+            "Chunk duration",
+            "p50 and p95 of the time a worker spends on a chunk (read, decode, inference, "
+            "write): keep worker.terminationGracePeriodSeconds and jobsVisibilityTimeoutS "
+            "above it.",
+            queries(
+                (f"histogram_quantile(0.5, {chunk})", "p50"),
+                (f"histogram_quantile(0.95, {chunk})", "p95"),
+            ),
+            unit="s",
+            width=8,
+            no_value=no_jobs,
+        ),
+        graph(
+            "Workers",
+            "Each worker's throughput over its latest chunk, and the workers available and "
+            "desired (kube-state-metrics; KEDA or the HPA set the desired count).",
+            queries(
+                (f"max by (pod) (imageiq_jobs_images_per_second{{{WORKER_SEL}}})", "{{pod}}"),
+                (f"max(kube_deployment_status_replicas_available{{{workers}}})", "available"),
+                (f"max(kube_deployment_spec_replicas{{{workers}}})", "desired"),
+            ),
+            width=8,
+            no_value=no_jobs,
+        ),
+        graph(
+            "Webhook deliveries",
+            "Job webhook attempts by outcome: delivered, failed (retried later), gave_up "
+            "(attempts spent; ImageIQJobWebhooksFailing fires).",
+            queries((webhooks, "{{outcome}}")),
+            unit="ops",
+            no_value=no_jobs,
+            width=8,
+        ),
+        graph(
+            "Jobs submitted",
+            "Jobs the API accepted, by source (s3_prefix, manifest, image_ids, archive).",
+            queries((submitted, "{{source}}")),
+            unit="ops",
+            width=8,
+        ),
+    ]
+
+
 def variables() -> list[Builder[models.VariableModel]]:
     # imageiq_model_ready exists as soon as a pod is up, before its first request.
     def label(name: str, of: str) -> db.QueryVariable:
@@ -409,8 +514,8 @@ def build() -> dict[str, object]:
         db.Dashboard("ImageIQ")
         .uid("imageiq-overview")
         .description(
-            "ImageIQ image classification: traffic, latency, model, cache, capacity, and the "
-            "closed loop (labelled data, retraining, canaries)."
+            "ImageIQ image classification: traffic, latency, model, cache, capacity, the "
+            "closed loop (labelled data, retraining, canaries) and bulk jobs."
         )
         .tags(["imageiq", "bentoml"])
         .readonly()
@@ -431,6 +536,7 @@ def build() -> dict[str, object]:
         ("Dependencies and prediction records", dependencies()),
         ("GPU", gpus()),
         ("Closed loop", closed_loop()),
+        ("Bulk jobs", bulk_jobs()),
     ]
     for title, panels in sections:
         dashboard = dashboard.with_row(db.Row(title))

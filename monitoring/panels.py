@@ -19,6 +19,9 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 # The scrape job's series: what the ServiceMonitor adds to every ImageIQ metric.
 SEL = 'namespace="$namespace", job="$job"'
+# The bulk-job workers' series: the chart scrapes them through the Service "<fullname>-worker",
+# so their job is the server's with "-worker" after it.
+WORKER_SEL = 'namespace="$namespace", job="$job-worker"'
 # Kubernetes objects and GPUs are not scraped from the pods: only the namespace matches.
 NS = 'namespace="$namespace"'
 RATE = "$__rate_interval"
@@ -36,9 +39,10 @@ def queries(*pairs: tuple[str, str]) -> list[Query]:
     return [query(e, legend, ref_id=chr(ord("A") + i)) for i, (e, legend) in enumerate(pairs)]
 
 
-def rate(metric: str, matchers: str = "", *, by: str = "") -> str:
-    """sum [by (...)] (rate(metric{namespace, job[, matchers]}[$__rate_interval]))."""
-    selector = f"{SEL}, {matchers}" if matchers else SEL
+def rate(metric: str, matchers: str = "", *, by: str = "", sel: str = SEL) -> str:
+    """sum [by (...)] (rate(metric{namespace, job[, matchers]}[$__rate_interval])); `sel`
+    picks the scrape job (WORKER_SEL for the bulk-job workers)."""
+    selector = f"{sel}, {matchers}" if matchers else sel
     grouping = f" by ({by}) " if by else ""
     return f"sum{grouping}(rate({metric}{{{selector}}}[{RATE}]))"
 

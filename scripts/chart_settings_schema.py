@@ -22,7 +22,16 @@ SCHEMA = Path(__file__).resolve().parents[1] / "helm/imageiq/values.schema.json"
 # Set from Secrets (secrets.*) or by the chart itself (dataVolume.mountPath, metrics.port),
 # never in config.
 NOT_IN_CONFIG = frozenset(
-    {"database_url", "redis_url", "api_key_pepper", "api_key", "data_dir", "metrics_port"}
+    {
+        "database_url",
+        "redis_url",
+        "jobs_broker_url",  # a secret: secrets.jobsBroker
+        "api_key_pepper",
+        "api_key",
+        "data_dir",
+        "metrics_port",
+        "worker_metrics_port",  # worker.metrics.port
+    }
 )
 _KEEP = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "pattern")
 

@@ -513,3 +513,44 @@ def test_jobs_are_private_to_their_key(served: Server, stack: Stack) -> None:
     assert served.delete(f"/v1/jobs/{job_id}", headers=headers).status_code == 404
     assert served.get("/v1/jobs", headers=headers).json()["jobs"] == []
     assert served.get("/v1/jobs/not-a-job-id").status_code == 422
+
+
+def test_the_cli_submits_follows_and_reads_a_job(
+    served: Server, workers: Workers, tmp_path: Path
+) -> None:
+    archive = tmp_path / "few.zip"
+    archive.write_bytes(_zip({f"{i}.png": _png(20_000 + i) for i in range(6)}))
+    key_file = tmp_path / "key"
+    key_file.write_text(served.key + "\n")
+    env = {**os.environ, **served.env, "IMAGEIQ_API_KEY": served.key}
+
+    def cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "imageiq_cli", "jobs", *args, "--url", served.url],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            **kwargs,
+        )
+
+    submitted = cli("submit", "--archive", str(archive), "--top-k", "2", "--wait")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = submitted.stdout.split()[1].rstrip(":")
+    assert "succeeded: 6 done, 0 failed" in " ".join(submitted.stdout.split())
+    status = cli("status", job_id, "--api-key-file", str(key_file))
+    assert status.returncode == 0 and "succeeded" in status.stdout
+    out = tmp_path / "results.csv"
+    got = cli("results", job_id, "--format", "csv", "-o", str(out))
+    assert got.returncode == 0, got.stderr
+    assert len(out.read_text().strip().splitlines()) == 7
+    lines = cli("results", job_id).stdout.splitlines()
+    assert [json.loads(line)["state"] for line in lines] == ["done"] * 6
+    # A finished job cannot be cancelled: the service's code, exit status 2.
+    refused = cli("cancel", job_id)
+    assert refused.returncode == 2 and "job_finished" in refused.stderr
+    # A wrong key: the service's 401, never a traceback.
+    env["IMAGEIQ_API_KEY"] = "iiq_wrong"
+    denied = cli("status", job_id)
+    assert denied.returncode == 2 and "unauthorized" in denied.stderr

@@ -6,7 +6,9 @@ Built-in kinds are checked by kubernetes-validate against its bundled schemas fo
 ``KUBERNETES_VERSION``, then for the enumerated fields those schemas leave out (imagePullPolicy,
 Service type, ...); the prometheus-operator kinds against JSON schemas generated from the pinned
 ``@kubernetes-models/prometheus-operator`` package. Both come from ``tools/crd-schemas.mjs``, run on
-first use. Any other kind is an error: an object nothing checked is not an object that passed.
+first use. KEDA's kinds (the workers' ScaledObject and TriggerAuthentication), which no pinned
+package describes, against the schemas written for them in ``tests/k8s/schemas``. Any other kind
+is an error: an object nothing checked is not an object that passed.
 """
 
 from __future__ import annotations
@@ -37,8 +39,15 @@ KUBERNETES_VERSION = "1.33.0"
 API_VERSIONS = ("monitoring.coreos.com/v1", "autoscaling/v2", "policy/v1")
 # The custom resources the chart renders, by (apiVersion, kind).
 CRD_KINDS = frozenset(
-    {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+    {
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+        ("keda.sh/v1alpha1", "ScaledObject"),
+        ("keda.sh/v1alpha1", "TriggerAuthentication"),
+    }
 )
+# Hand-written schemas of the custom kinds no pinned package describes (KEDA's).
+LOCAL_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 _ENV = {"helm": "HELM", "kubectl": "KUBECTL", "promtool": "PROMTOOL"}
 _INSTALL = {
@@ -252,7 +261,12 @@ def _crd_validator(api_version: str, kind: str) -> jsonschema.protocols.Validato
 
 
 def _crd_schema(api_version: str, kind: str) -> dict[str, Any]:
-    return _generated(f"{api_version.replace('/', '-')}-{kind.lower()}.json")
+    name = f"{api_version.replace('/', '-')}-{kind.lower()}.json"
+    local = LOCAL_SCHEMAS / name
+    if local.exists():
+        schema: dict[str, Any] = json.loads(local.read_text())
+        return schema
+    return _generated(name)
 
 
 def _generated(name: str) -> dict[str, Any]:

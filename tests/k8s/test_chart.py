@@ -352,6 +352,8 @@ def _example(name: str, spec: dict[str, Any]) -> Any:
         "s3Bucket": "imageiq-images",
         "s3Prefix": "stored/",
         "s3EndpointUrl": "http://minio:9000",
+        "jobsAllowedBuckets": ["customer-uploads", "archive"],
+        "webhookAllowedNetworks": ["10.50.0.0/16"],
     }
     if name in special:
         return special[name]

@@ -209,15 +209,18 @@ Writable paths under the read-only root filesystem: the data dir (SQLite, images
 {{- end }}
 
 {{/*
-The server container's env: Secret references, the canary's own settings, extraEnv.
+A container's env: Secret references, the track's own settings (the canary's canary.config,
+the workers' worker.config: they override the ConfigMap's), extraEnv. Tracks: "stable",
+"canary", "worker".
 */}}
 {{- define "imageiq.containerEnv" -}}
 {{- include "imageiq.secretEnv" .root }}
-{{- if eq .track "canary" }}
-{{- range $key, $value := .root.Values.canary.config }}
+{{- $own := dict }}
+{{- if eq .track "canary" }}{{ $own = .root.Values.canary.config }}{{ end }}
+{{- if eq .track "worker" }}{{ $own = .root.Values.worker.config }}{{ end }}
+{{- range $key, $value := $own }}
 - name: IMAGEIQ_{{ $key | snakecase | upper }}
   value: {{ include "imageiq.envValue" $value | quote }}
-{{- end }}
 {{- end }}
 {{- with .root.Values.extraEnv }}
 {{ toYaml . }}

@@ -74,7 +74,8 @@ The service account to use.
 
 {{/*
 The image of a track: the canary's tag when it sets one, else image.tag, else appVersion.
-The "retrain" track (the CronJob) takes retrain.image's repository and tag where set.
+The "retrain" track (the CronJob) and the "worker" track (the bulk-job workers) take
+retrain.image's and worker.image's repository and tag where set.
 */}}
 {{- define "imageiq.image" -}}
 {{- $repository := .root.Values.image.repository }}
@@ -85,6 +86,10 @@ The "retrain" track (the CronJob) takes retrain.image's repository and tag where
 {{- if eq .track "retrain" }}
 {{- $repository = default $repository .root.Values.retrain.image.repository }}
 {{- $tag = default $tag .root.Values.retrain.image.tag }}
+{{- end }}
+{{- if eq .track "worker" }}
+{{- $repository = default $repository .root.Values.worker.image.repository }}
+{{- $tag = default $tag .root.Values.worker.image.tag }}
 {{- end }}
 {{- printf "%s:%s" $repository $tag }}
 {{- end }}
@@ -130,7 +135,8 @@ True ("true") when no database Secret is set: SQLite in the pod's data volume.
 {{- end }}
 
 {{/*
-Environment from Secrets: the database URL, Redis URL, API-key pepper and S3 credentials.
+Environment from Secrets: the database URL, Redis URL, API-key pepper, the bulk-job broker's
+URL and S3 credentials.
 */}}
 {{- define "imageiq.secretEnv" -}}
 {{- with .Values.secrets.database }}
@@ -154,6 +160,15 @@ Environment from Secrets: the database URL, Redis URL, API-key pepper and S3 cre
 {{- with .Values.secrets.apiKeyPepper }}
 {{- if .existingSecret }}
 - name: IMAGEIQ_API_KEY_PEPPER
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- with .Values.secrets.jobsBroker }}
+{{- if .existingSecret }}
+- name: IMAGEIQ_JOBS_BROKER_URL
   valueFrom:
     secretKeyRef:
       name: {{ .existingSecret }}
@@ -236,8 +251,9 @@ The claim of the data volume: the operator's, or the chart's (templates/pvc.yaml
 {{- end }}
 
 {{/*
-The egress rules of the server pods (and of the retrain runs, which reach the same
-dependencies): DNS, then each dependency the values configure, then networkPolicy.egress.extra.
+The egress rules of the server pods (and of the retrain runs and the bulk-job workers, which
+reach the same dependencies): DNS, then each dependency the values configure (the jobs'
+broker is a Redis too; S3 also for config.jobsAllowedBuckets), then networkPolicy.egress.extra.
 */}}
 {{- define "imageiq.egressRules" -}}
 {{- $policy := .Values.networkPolicy -}}
@@ -254,12 +270,12 @@ dependencies): DNS, then each dependency the values configure, then networkPolic
 # PostgreSQL.
 {{ include "imageiq.egressRule" $policy.egress.database }}
 {{- end }}
-{{- if .Values.secrets.redis.existingSecret }}
-# Redis.
+{{- if or .Values.secrets.redis.existingSecret .Values.secrets.jobsBroker.existingSecret }}
+# Redis (the cache and rate limits, the bulk-job queue).
 {{ include "imageiq.egressRule" $policy.egress.redis }}
 {{- end }}
-{{- if or .Values.config.s3Bucket .Values.canary.config.s3Bucket }}
-# S3 (stored images).
+{{- if or .Values.config.s3Bucket .Values.canary.config.s3Bucket .Values.config.jobsAllowedBuckets .Values.worker.config.s3Bucket }}
+# S3 (stored images, models, bulk-job inputs and results).
 {{ include "imageiq.egressRule" $policy.egress.s3 }}
 {{- end }}
 {{- with $policy.egress.extra }}
@@ -319,4 +335,68 @@ One egress rule of the NetworkPolicy: TCP `ports` to the `to` peers (anywhere wh
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/*
+Name of the bulk-job workers' objects: "<fullname>-worker" (the Deployment, its headless
+metrics Service, which is also the scrape job the dashboards and alerts read, the
+ScaledObject or HPA, the NetworkPolicy).
+*/}}
+{{- define "imageiq.workerName" -}}
+{{- printf "%s-worker" (include "imageiq.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Labels of the workers' objects and pods, and the selector of their pods: the release's,
+component "worker". No `imageiq.dev/track`, so the stable and canary Deployments never
+select them, and no component "server", so the API Service never routes to them.
+*/}}
+{{- define "imageiq.workerLabels" -}}
+{{ include "imageiq.labels" . }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{- define "imageiq.workerSelectorLabels" -}}
+{{ include "imageiq.selectorLabels" . }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{/*
+True ("true") when the workers mount the data volume's claim: without config.s3Bucket the
+stored images they classify, the model repository and the jobs' results files
+(data_dir/jobs, which the server pods serve) are files there.
+*/}}
+{{- define "imageiq.workerMountsData" -}}
+{{- if not .Values.config.s3Bucket }}true{{ end }}
+{{- end }}
+
+{{/*
+Refuses worker values that cannot work: the embedded SQLite (each pod's own file), no broker
+to consume from, a data volume the workers cannot share with the server pods, a KEDA scaler
+with no Redis address, and both autoscalers at once.
+*/}}
+{{- define "imageiq.refuseWorker" -}}
+{{- $values := .Values }}
+{{- $autoscaling := $values.worker.autoscaling }}
+{{- if and $autoscaling.keda.enabled $autoscaling.hpa.enabled }}
+{{- fail "worker.autoscaling.keda.enabled and worker.autoscaling.hpa.enabled are exclusive: two autoscalers would fight over the workers' replica count; turn one off" }}
+{{- end }}
+{{- if and $autoscaling.keda.enabled (not $autoscaling.keda.redis.address) }}
+{{- fail "worker.autoscaling.keda.enabled needs worker.autoscaling.keda.redis.address: the host:port of the broker's Redis, where KEDA reads the length of the list config.jobsQueue" }}
+{{- end }}
+{{- if include "imageiq.embeddedDatabase" . }}
+{{- fail "worker.enabled needs a shared database: set secrets.database.existingSecret (the embedded SQLite lives in each server pod's volume, and a worker would see an empty database of its own)" }}
+{{- end }}
+{{- if not (or $values.secrets.jobsBroker.existingSecret $values.secrets.redis.existingSecret) }}
+{{- fail "worker.enabled needs a broker: set secrets.jobsBroker.existingSecret (or secrets.redis.existingSecret) to a Secret holding the Redis URL the jobs are queued on" }}
+{{- end }}
+{{- if include "imageiq.workerMountsData" . }}
+{{- $persistence := $values.dataVolume.persistence }}
+{{- if not $persistence.enabled }}
+{{- fail "worker.enabled needs the stored images, models and results the server pods see: set config.s3Bucket, or dataVolume.persistence.enabled so that the workers mount the claim they are on (an emptyDir is the pod's own)" }}
+{{- end }}
+{{- if and (not $persistence.existingClaim) (not (has "ReadWriteMany" $persistence.accessModes)) }}
+{{- fail "worker.enabled mounts the data volume's claim (stored images, models, job results) beside the server pods: dataVolume.persistence.accessModes needs ReadWriteMany (or give an existingClaim that is), or set config.s3Bucket" }}
+{{- end }}
+{{- end }}
 {{- end }}
