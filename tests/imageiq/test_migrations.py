@@ -34,11 +34,15 @@ TABLES = {
     "evaluations",
     "golden_images",
     "images",
+    "job_items",
+    "job_results",
+    "jobs",
     "labels",
     "models",
     "predictions",
     "rollouts",
     "tombstones",
+    "webhook_deliveries",
 }
 _names = itertools.count()
 
@@ -254,7 +258,13 @@ def test_0003_adds_the_tombstones_and_keeps_the_rows(empty: Engine) -> None:
             {"sha": "a" * 64, "at": "2026-12-20 10:00:00+00:00"},
         )
     command.downgrade(alembic_config(empty), "0002")
-    assert _tables(empty) == TABLES - {"tombstones", "evaluations", "golden_images", "rollouts"}
+    assert _tables(empty) == TABLES - {
+        "tombstones",
+        "evaluations",
+        "golden_images",
+        "rollouts",
+        *JOB_TABLES,
+    }
     with empty.connect() as connection:
         assert connection.execute(text("SELECT action FROM audit_log")).scalars().all() == [
             "marker"
@@ -276,6 +286,35 @@ def test_0004_adds_the_closed_loop_tables_and_goes_back(empty: Engine) -> None:
             )
         )
     command.downgrade(alembic_config(empty), "0003")
-    assert _tables(empty) == TABLES - {"evaluations", "golden_images", "rollouts"}
+    assert _tables(empty) == TABLES - {"evaluations", "golden_images", "rollouts", *JOB_TABLES}
     assert upgrade(empty) == ("0003", head_revision())
+    assert _differences(empty) == []
+
+
+JOB_TABLES = {"jobs", "job_items", "job_results", "webhook_deliveries"}
+
+
+def test_0005_adds_the_job_tables_and_goes_back(empty: Engine) -> None:
+    upgrade(empty, "0004")
+    assert _tables(empty) == TABLES - JOB_TABLES
+    assert upgrade(empty) == ("0004", head_revision())
+    assert _tables(empty) >= JOB_TABLES
+    with empty.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, state, model_name, model_version, top_k, min_confidence,"
+                " source, total, chunk_size, progress_webhooks, created_at, results) VALUES"
+                " ('j1', 'queued', 'm', 'v', 5, 0.0, '{}', 1, 256, false,"
+                " '2026-12-21 10:00:00+00:00', '{}')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO job_items (job_id, position, ref, state)"
+                " VALUES ('j1', 0, 'r', 'pending')"
+            )
+        )
+    command.downgrade(alembic_config(empty), "0004")
+    assert _tables(empty) == TABLES - JOB_TABLES
+    assert upgrade(empty) == ("0004", head_revision())
     assert _differences(empty) == []

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute
 from bentos.catalog import router as catalog_router
 from bentos.explain_routes import router as explain_router
 from bentos.http import flat_routes
+from bentos.jobs_routes import router as jobs_router
 from bentos.routes import router as classify_router
 from tests.k8s.kube import render
 from tests.k8s.test_chart import CHART, container, objects
@@ -78,7 +79,7 @@ def test_the_ingress_routes_the_public_api_only(values: tuple[str, ...]) -> None
     ingress = rendered[("Ingress", "imageiq")]
     every = [
         path
-        for router in (classify_router, catalog_router, explain_router)
+        for router in (classify_router, catalog_router, explain_router, jobs_router)
         for path in _api_paths(router.routes)
     ]
     admin = [p for p in every if p.startswith("/v1/admin/")]
