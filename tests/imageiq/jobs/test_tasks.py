@@ -72,3 +72,23 @@ def test_the_sweep_publishes_a_stalled_jobs_pending_chunks_once(
         ledger.cancel(engine, job_id)
         assert tasks.sweep(runtime, stale_after_s=0, claim=lambda _: True) == 0
         runtime.close()
+
+
+def test_progress_webhooks_are_queued_at_most_every_30_s(redis_url: str, tmp_path: Path) -> None:
+    import redis
+
+    settings = Settings(data_dir=tmp_path, redis_url=redis_url)
+    with migrated(settings.database) as engine:
+        runtime = tasks.WorkerRuntime(settings, engine=engine, app=tasks.make_app(settings))
+        for _ in range(3):
+            tasks._progress_webhook(runtime, "j" * 32)
+        tasks._progress_webhook(runtime, "k" * 32)
+        client = redis.Redis.from_url(redis_url)
+        messages = [json.loads(m) for m in client.lrange(settings.jobs_queue, 0, -1)]
+        assert sorted(
+            (m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[0][:2]) for m in messages
+        ) == [
+            (tasks.WEBHOOK_TASK, ["j" * 32, "job.progress"]),
+            (tasks.WEBHOOK_TASK, ["k" * 32, "job.progress"]),
+        ]
+        assert 0 < client.ttl(f"{settings.jobs_queue}:progress:{'j' * 32}") <= 30
