@@ -119,8 +119,9 @@ class MotoServer:
         )
 
     def object_keys(self) -> list[str]:
-        listed = self.client().list_objects_v2(Bucket=self.bucket)
-        return [o["Key"] for o in listed.get("Contents", [])]
+        """Every key in the bucket (S3 lists 1,000 a page)."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
