@@ -22,10 +22,12 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
 from bentos.auth import require
+from bentos.dbcall import db_call
 from bentos.http import JOBS_JSON_BYTES, note
 from bentos.jobs_schemas import JobCreated, JobOptionsIn, JobOut, JobRequest, JobsOut
 from bentos.schemas import ErrorResponse
@@ -74,23 +76,9 @@ def _caller(principal: Principal) -> Caller:
 
 
 async def _run(s: ServiceState, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """A blocking core call in a worker thread; the database down is a 503."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from imageiq.db.engine import is_transient
-
-    def call() -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SQLAlchemyError as e:
-            if not is_transient(e):
-                raise
-            s.backends.database.failed(e)
-            raise errors.DatabaseUnavailable(
-                "The metadata database is unavailable; try again shortly.", retry_after=2
-            ) from e
-
-    return await anyio.to_thread.run_sync(call)
+    """A blocking core call in a worker thread (:func:`bentos.dbcall.db_call`: the
+    database down is a 503)."""
+    return await db_call(s.backends, lambda _engine: fn(*args, **kwargs))
 
 
 def _media(request: Request) -> str:
@@ -171,7 +159,7 @@ async def submit_job(
             try:
                 body = JobRequest.model_validate_json(await request.body())
             except ValidationError as e:
-                raise _invalid(e) from e
+                raise _invalid(e, "body") from e
             given: JobOptionsIn = body
         elif media in ARCHIVE_TYPES:
             try:
@@ -183,7 +171,7 @@ async def submit_job(
                     progress_webhooks=progress_webhooks,
                 )
             except ValidationError as e:
-                raise _invalid(e) from e
+                raise _invalid(e, "query") from e
         else:
             raise errors.UnsupportedMediaType(
                 "Send a JSON job (application/json) or an archive (application/zip, "
@@ -219,13 +207,9 @@ async def submit_job(
     return JobCreated(job=JobOut(**submitted.job), webhook_secret=submitted.webhook_secret)
 
 
-def _invalid(error: ValidationError) -> errors.InvalidParameter:
-    problems = [
-        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
-        for e in error.errors()
-    ]
-    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-    return errors.InvalidParameter(summary, details={"problems": problems})
+def _invalid(error: ValidationError, where: str) -> RequestValidationError:
+    """The app's own validation answer (422 ``invalid_parameter``, the fields named)."""
+    return RequestValidationError([{**e, "loc": (where, *e["loc"])} for e in error.errors()])
 
 
 @router.get("/jobs", response_model=JobsOut, responses=_ERRORS, summary="Your newest jobs")

@@ -104,7 +104,8 @@ class _Pending:
     data: bytes | None
     sha256: str | None
     future: Future[Decoded] | None
-    error: tuple[str, str] | None = None
+    error: tuple[str, str] | None = None  # (code, message): this image's own failure
+    outage: str | None = None  # the store failed: the whole chunk is retried
 
 
 class BulkClassifier:
@@ -186,12 +187,12 @@ class BulkClassifier:
                     data = future.result()
                 except errors.ImageIQError as e:
                     if e.status >= 500:  # the store is down: the chunk is retried
-                        item.error = ("__retry__", e.message)
+                        item.outage = e.message
                         handoff.put(item)
                         break
                     item.error = (e.code, e.message)
                 except Exception as e:
-                    item.error = ("__retry__", f"{type(e).__name__}: {e}")
+                    item.outage = f"{type(e).__name__}: {e}"
                     handoff.put(item)
                     break
                 else:
@@ -231,8 +232,8 @@ class BulkClassifier:
         while True:
             item = handoff.get()
             if item is not None:
-                if item.error is not None and item.error[0] == "__retry__":
-                    raise errors.StorageUnavailable(item.error[1])
+                if item.outage is not None:
+                    raise errors.StorageUnavailable(item.outage)
                 if item.error is not None:
                     failed.append(ItemOutcome(item.position, item.sha256, None, *item.error))
                 else:

@@ -134,3 +134,8 @@ def links(settings: Settings, blobs: Blobs, job_id: str, results: dict[str, str]
         fmt: link(blobs, where, ttl_s=ttl) or f"/v1/jobs/{job_id}/results?format={fmt}"
         for fmt, where in results.items()
     }
+
+
+def describe(settings: Settings, blobs: Blobs, view: ledger.JobView) -> dict[str, Any]:
+    """The job as the API, the CLI and the webhooks show it, with links to its files."""
+    return ledger.as_dict(view, links=links(settings, blobs, view.id, view.results))

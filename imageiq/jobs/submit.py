@@ -148,8 +148,7 @@ class Jobs:
         return view
 
     def describe(self, view: ledger.JobView) -> dict[str, Any]:
-        links = result_files.links(self.settings, self.blobs, view.id, view.results)
-        return ledger.as_dict(view, links=dict(links))
+        return result_files.describe(self.settings, self.blobs, view)
 
     def recent(self, caller: Caller, *, limit: int) -> list[dict[str, Any]]:
         views = ledger.recent(

@@ -24,7 +24,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from celery import Celery, Task
 from sqlalchemy import Engine
@@ -299,8 +298,7 @@ def fail_items(
 
 
 def _webhook_if_wanted(rt: WorkerRuntime, job_id: str, event: str) -> None:
-    view = ledger.view(rt.engine, job_id)
-    if view.callback_url:
+    if ledger.webhook_secret(rt.engine, job_id):  # a job has a secret iff it has a callback
         publish_webhook(rt.app, rt.settings, job_id, event)
 
 
@@ -336,7 +334,11 @@ def _deliver_webhook(task: Task, job_id: str, event: str, delivery_id: str) -> s
     if not current.callback_url or not secret:
         return "no callback"
     attempt = task.request.retries + 1
-    body = webhooks.payload(event=event, job=describe(rt, current), delivery_id=delivery_id)
+    body = webhooks.payload(
+        event=event,
+        job=result_files.describe(settings, rt.blobs, current),
+        delivery_id=delivery_id,
+    )
     outcome = webhooks.deliver(
         current.callback_url,
         secret=secret,
@@ -365,12 +367,6 @@ def _deliver_webhook(task: Task, job_id: str, event: str, delivery_id: str) -> s
     counter.labels("failed").inc()
     cap = min(3600.0, settings.jobs_visibility_timeout_s * 2 / 3)
     raise task.retry(countdown=webhooks.backoff_s(attempt - 1, cap_s=cap))
-
-
-def describe(rt: WorkerRuntime, view: ledger.JobView) -> dict[str, Any]:
-    """The job as the API shows it (links to its results files included)."""
-    links = result_files.links(rt.settings, rt.blobs, view.id, view.results)
-    return ledger.as_dict(view, links=dict(links))
 
 
 # --- the sweep and the gauges (a thread in each worker) -------------------------------------

@@ -87,15 +87,9 @@ def system_resolver(host: str, port: int) -> list[str]:
 def _internal(address: IPAddress) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return (
-        not address.is_global
-        or address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
+    # Not global covers private, loopback, link-local, shared (100.64/10), reserved and
+    # unspecified; a multicast address may be "global" and is no receiver either.
+    return not address.is_global or address.is_multicast
 
 
 def check_callback(
