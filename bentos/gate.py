@@ -42,8 +42,11 @@ _BLOCKED_MAX = 10_000
 
 
 class Gate:
-    def __init__(self, settings: Settings) -> None:
+    """``public``: the paths under the mount that anyone may GET (relative to the mount)."""
+
+    def __init__(self, settings: Settings, *, public: frozenset[str] = PUBLIC) -> None:
         self.settings = settings
+        self.public = public
         self._failures = LocalGCRA()
         self._blocked: dict[str, float] = {}  # client address -> monotonic time it may retry
         self._checking = 0  # key checks waiting on the database
@@ -53,7 +56,7 @@ class Gate:
         """The request's principal (None on a public path), counted in its key's requests
         in progress until :meth:`release`; raises the refusal otherwise."""
         scope[GATE_KEY] = self
-        if _relative(scope) in PUBLIC and scope.get("method") in ("GET", "HEAD"):
+        if _relative(scope) in self.public and scope.get("method") in ("GET", "HEAD"):
             return None
         if not self.settings.auth_enabled:
             scope[PRINCIPAL_KEY] = ANONYMOUS
