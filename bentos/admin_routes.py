@@ -27,17 +27,23 @@ from bentos.admin_schemas import (
 from bentos.auth import require
 from bentos.dbcall import db_call
 from bentos.model_routes import repository, serving
-from bentos.schemas import ErrorResponse
+from bentos.openapi import ADMITTED, BODY, error_responses
 from bentos.state import state
 from imageiq import evaluations, rollout
 from imageiq.keys import Principal
 from imageiq.logs import client_request_id_var, request_id_var
 from imageiq.settings import TAG_PART
 
-router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (401, 403, 404, 409, 422, 429, 503)
-}
+router = APIRouter(responses=error_responses(*ADMITTED))
+_READ_ERRORS = error_responses(403, 422)
+_END_ERRORS = error_responses(
+    403,
+    404,
+    409,
+    *BODY,
+    s404="No rollout with this id.",
+    s409="The rollout had ended already (rollout_ended).",
+)
 _BIGINT = 2**63 - 1  # the largest id the tables hold
 RolloutId = Path(ge=1, le=_BIGINT, description="The rollout's id.")
 
@@ -53,7 +59,7 @@ def _requests() -> dict[str, str | None]:
 @router.get(
     "/admin/evaluations",
     response_model=EvaluationsOut,
-    responses=_ERRORS,
+    responses=_READ_ERRORS,
     summary="Retrain runs: champion and challenger scores, the decision, the report",
 )
 async def list_evaluations(
@@ -81,7 +87,7 @@ async def list_evaluations(
 @router.get(
     "/admin/rollouts",
     response_model=RolloutsOut,
-    responses=_ERRORS,
+    responses=_READ_ERRORS,
     summary="A model's canary rollouts: the running one and the latest",
 )
 async def list_rollouts(
@@ -108,7 +114,16 @@ async def list_rollouts(
     "/admin/rollouts",
     response_model=RolloutOut,
     status_code=201,
-    responses=_ERRORS,
+    responses=error_responses(
+        403,
+        404,
+        409,
+        *BODY,
+        s404="No such version of the model (model_not_found).",
+        s409="A canary of the name runs (rollout_conflict), or there is no active version "
+        "to compare with (no_active_version).",
+        s422="An invalid field, or the challenger is the active version.",
+    ),
     summary="Start a canary: a share of a model's requests to a challenger version",
 )
 async def start_rollout(
@@ -138,7 +153,7 @@ async def start_rollout(
 @router.post(
     "/admin/rollouts/{rollout_id}/promote",
     response_model=RolloutOut,
-    responses=_ERRORS,
+    responses=_END_ERRORS,
     summary="Promote a running canary: its challenger becomes the active version",
 )
 async def promote_rollout(
@@ -155,7 +170,7 @@ async def promote_rollout(
 @router.post(
     "/admin/rollouts/{rollout_id}/rollback",
     response_model=RolloutOut,
-    responses=_ERRORS,
+    responses=_END_ERRORS,
     summary="Roll back a running canary: every request goes to the champion again",
 )
 async def rollback_rollout(

@@ -11,14 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bentos.catalog_schemas import CONTROL, SURROGATE
 from imageiq.settings import TAG_PART
 
-VERSION = r"^[a-z0-9]([a-z0-9._-]{0,62})$"
+# A model name or version as BentoML takes it (imageiq.settings.TAG_PART).
+VERSION = rf"^{TAG_PART}$"
+MODEL_NAME = VERSION
 
 
 # --- who is asking -------------------------------------------------------------------------
 class KeyOut(BaseModel):
     id: str = Field(description="The key's public id.")
     name: str
-    prefix: str = Field(description="How the key begins (iiq_<id>_), to recognise it.")
+    prefix: str = Field(
+        description='How the key begins (iiq_<id>_), to recognise it; "(OIDC token)" for '
+        "a caller signed in with an OIDC token (its id is oidc:<subject>)."
+    )
 
 
 class WhoamiOut(BaseModel):
@@ -180,7 +185,7 @@ class RolloutsOut(BaseModel):
 class RolloutIn(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field(pattern=rf"^{TAG_PART}$", description="The model name.")
+    model: str = Field(pattern=MODEL_NAME, description="The model name.")
     version: str = Field(pattern=VERSION, description="The challenger: a registered version.")
     share: float = Field(0.1, gt=0.0, lt=1.0, description="Of the requests naming no version.")
     promote_after: int = Field(
@@ -195,7 +200,12 @@ class RolloutIn(BaseModel):
 class RolloutEndIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(None, max_length=500, description="Kept with the rollout.")
+    reason: str | None = Field(
+        None,
+        max_length=500,
+        description="Kept with the rollout: printable text, not only spaces.",
+        json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"},
+    )
 
     @field_validator("reason")
     @classmethod

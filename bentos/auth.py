@@ -30,7 +30,8 @@ from imageiq.keys import SCOPES, Principal
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="ApiKey",
-    description="An ImageIQ API key (`imageiq keys create`): `Authorization: Bearer iiq_...`.",
+    description="An ImageIQ API key (`imageiq keys create`): `Authorization: Bearer iiq_...`; "
+    "or, where OIDC is on (docs/oidc.md), a JWT access token of the identity provider.",
 )
 
 
@@ -44,7 +45,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         try:
             if not principal.allows(scope):
                 raise errors.Forbidden(
-                    f"This API key lacks the {scope!r} scope this endpoint needs.",
+                    f"This API key or token lacks the {scope!r} scope this endpoint needs.",
                     details={"required_scope": scope},
                 )
         except errors.Forbidden as e:
@@ -81,7 +82,7 @@ async def charge(request: Request, principal: Principal, *, cost: int, paid: int
         return
     if total > burst:
         raise errors.TooManyImages(
-            f"This request costs {total} (one per image); this API key may spend at most "
+            f"This request costs {total} (one per image); this API key or token may spend at most "
             f"{burst} at once: send at most {burst} images per request.",
             details={"cost": total, "burst": burst, "max_images": burst},
         )
@@ -93,9 +94,11 @@ async def charge(request: Request, principal: Principal, *, cost: int, paid: int
     else:
         decision = await anyio.to_thread.run_sync(hit)
     if not decision.allowed:
-        wait = max(1, math.ceil(decision.retry_after_s))
+        # The wait covers what was paid already too: it is not given back, and the retry
+        # pays it again (else a batch of exactly the burst would wait one image short).
+        wait = max(1, math.ceil(decision.retry_after_s + paid * 60.0 / per_minute))
         raise errors.RateLimited(
-            f"Rate limit of this API key exceeded: this request costs {total} (one per "
+            f"Rate limit of this API key or token exceeded: this request costs {total} (one per "
             f"image), the key may spend {decision.limit} at once, then {per_minute} per "
             f"minute; retry in {wait} s.",
             details={

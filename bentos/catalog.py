@@ -16,9 +16,11 @@ import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from bentos.admin_routes import router as admin_router
+from bentos.admin_schemas import MODEL_NAME
 from bentos.auth import require
 from bentos.catalog_schemas import (
     CONTROL,
+    MOMENT,
     MOMENT_EXAMPLES,
     SHA256,
     SURROGATE,
@@ -35,8 +37,9 @@ from bentos.catalog_schemas import (
 from bentos.dbcall import db_call
 from bentos.http import note
 from bentos.model_routes import router as model_router
+from bentos.openapi import ADMITTED, BODY, IMAGE_TYPES, error_responses
 from bentos.review_routes import router as review_router
-from bentos.schemas import ErrorResponse, ModelRefOut
+from bentos.schemas import ModelRefOut
 from bentos.state import state
 from imageiq import catalog, errors
 from imageiq.backends import Backends
@@ -46,20 +49,24 @@ from imageiq.pool import ModelPool
 from imageiq.registry import get_model
 from imageiq.settings import MODEL_TAG, TAG_PART
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(*ADMITTED))
 router.include_router(review_router)
 router.include_router(model_router)
 router.include_router(admin_router)
 ImageId = Path(pattern=SHA256, description="The image id: its sha256, 64 hex digits.")
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (401, 403, 404, 422, 429, 503)
-}
+_NO_IMAGE = "No image with this id is stored."
 _MOMENT = "ISO 8601: a date (2024-03-10) or a date and time; no zone means UTC."
 
 
 def _moment(description: str) -> Any:
     """A time in the query string: text, parsed by :func:`parse_moment` (never a number)."""
-    return Query(None, max_length=40, description=description, examples=MOMENT_EXAMPLES)
+    return Query(
+        None,
+        max_length=40,
+        pattern=MOMENT.pattern,
+        description=description,
+        examples=MOMENT_EXAMPLES,
+    )
 
 
 def _requests() -> dict[str, str | None]:
@@ -75,7 +82,12 @@ def _pool(request: Request) -> ModelPool:
     return state(request).pool
 
 
-@router.get("/images", response_model=ImagePage, responses=_ERRORS, summary="Stored images")
+@router.get(
+    "/images",
+    response_model=ImagePage,
+    responses=error_responses(403, 422),
+    summary="Stored images",
+)
 async def list_images(
     request: Request,
     principal: Principal = Depends(require("label")),
@@ -86,6 +98,7 @@ async def list_images(
     attribute: str | None = Query(
         None,
         max_length=200,
+        json_schema_extra={"pattern": r'^[^:"\\\x00-\x1f\x7f]{1,64}:[^\x00-\x1f\x7f]{1,64}$'},
         description="name:value: the image's effective value of an attribute (an admin's "
         "label beats a user's, which beats a model's; then the latest).",
         examples=["shiny:yes"],
@@ -137,7 +150,10 @@ async def list_images(
 
 
 @router.get(
-    "/images/{image_id}", response_model=ImageDetailOut, responses=_ERRORS, summary="A stored image"
+    "/images/{image_id}",
+    response_model=ImageDetailOut,
+    responses=error_responses(403, 404, 422, s404=_NO_IMAGE),
+    summary="A stored image",
 )
 async def get_image(
     request: Request,
@@ -151,7 +167,16 @@ async def get_image(
 
 @router.get(
     "/images/{image_id}/content",
-    responses={**_ERRORS, 200: {"content": {"image/*": {}}}},
+    responses={
+        **error_responses(403, 404, 422, s404=_NO_IMAGE),
+        200: {
+            "description": "The image's bytes, as uploaded, with their media type.",
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES
+            },
+        },
+    },
+    response_class=Response,
     summary="A stored image's bytes",
 )
 async def get_image_content(
@@ -171,7 +196,16 @@ async def get_image_content(
     "/images/{image_id}/labels",
     response_model=LabelOut,
     status_code=201,
-    responses=_ERRORS,
+    responses=error_responses(
+        403,
+        404,
+        *BODY,
+        s403="The API key lacks the label scope, or the admin scope a source other than user "
+        "needs.",
+        s404=_NO_IMAGE,
+        s422="An invalid field, a label or attribute value no served model knows (without "
+        "new_label), or neither a label nor attributes.",
+    ),
     summary="Give feedback: an image's true label and attributes",
 )
 async def add_label(
@@ -210,7 +244,7 @@ async def add_label(
 @router.delete(
     "/admin/images/{image_id}",
     response_model=DeletedOut,
-    responses=_ERRORS,
+    responses=error_responses(403, 404, 422, s404="Nothing of this image is known."),
     summary="Forget an image: its object, rows and cached predictions",
 )
 async def delete_image(
@@ -240,7 +274,12 @@ async def delete_image(
     return DeletedOut(id=image_id, deleted=deleted)
 
 
-@router.get("/stats", response_model=StatsOut, responses=_ERRORS, summary="Usage statistics")
+@router.get(
+    "/stats",
+    response_model=StatsOut,
+    responses=error_responses(403, 422),
+    summary="Usage statistics",
+)
 async def stats(
     request: Request,
     principal: Principal = Depends(require("label")),
@@ -257,13 +296,21 @@ async def stats(
 @router.post(
     "/admin/models/{name}/activate",
     response_model=ActivateOut,
-    responses=_ERRORS,
+    responses=error_responses(
+        403,
+        404,
+        503,
+        *BODY,
+        s404="No such version of the model in the store.",
+        s503="The version could not be loaded (nothing changed), the server is overloaded, "
+        "or the database is unavailable (see Retry-After).",
+    ),
     summary="Switch a model's active version without a restart",
 )
 async def activate_model(
     request: Request,
     body: ActivateIn,
-    name: str = Path(pattern=rf"^{TAG_PART}$"),
+    name: str = Path(pattern=MODEL_NAME, description="A model name."),
     principal: Principal = Depends(require("admin")),
 ) -> ActivateOut:
     """Requests for ``name`` (and the default ones, when it is the active model) get

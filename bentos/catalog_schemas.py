@@ -189,7 +189,7 @@ class ActivateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: str = Field(
-        pattern=r"^[a-z0-9]([a-z0-9._-]{0,62})$",
+        pattern=r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$",
         description="A registered version of the model.",
         examples=["r3vqbbdbrgsuasc6"],
     )

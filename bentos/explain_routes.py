@@ -14,7 +14,7 @@ import time
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
@@ -32,7 +32,8 @@ from bentos.inputs import (
     _multipart,
     _validated,
 )
-from bentos.schemas import ErrorResponse, ModelRefOut
+from bentos.openapi import ADMITTED, BODY, IMAGE_TYPES, error_responses, inline_schema
+from bentos.schemas import EXAMPLE_PNG_B64, ModelRefOut
 from bentos.state import state
 from imageiq import errors
 from imageiq.architectures import MAIN_HEAD
@@ -41,7 +42,7 @@ from imageiq.explain import MAX_GRID_SIDE, METHOD, Explainer, Explanation, check
 from imageiq.keys import Principal
 from imageiq.settings import MODEL_TAG
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(*ADMITTED))
 P = TypeVar("P", bound="ExplainParams")
 ENDPOINT = "/v1/explain"
 PNG = "image/png"
@@ -80,7 +81,7 @@ class ExplainJSON(ExplainParams):
 
     image_b64: str = Field(
         description="The image file, base64 (standard or URL-safe; a data: URL is accepted).",
-        examples=["iVBORw0KGgoAAAANSUhEUgAA..."],
+        examples=[EXAMPLE_PNG_B64],
     )
 
 
@@ -129,18 +130,39 @@ class ExplainResponse(BaseModel):
 
 
 # --- the endpoint ---------------------------------------------------------------------------
-_DESCRIBED = {
-    400: "Malformed request (bad multipart or JSON) or empty image.",
-    401: "Missing, unknown or revoked API key.",
-    403: "The API key lacks the classify scope.",
-    404: "The model asked for is not served.",
-    413: "Image over the byte or pixel limit.",
-    415: "Not multipart/form-data or JSON, or not an image in a supported format.",
-    422: "Missing image, unknown head (unknown_head) or label (unknown_label), invalid "
-    "parameter or base64, or corrupt image data.",
-    429: "The API key's rate limit or its requests in progress are exceeded (see Retry-After).",
-    503: "Model not ready yet, or explanations are overloaded (see Retry-After).",
-}
+_ERRORS = error_responses(
+    403,
+    404,
+    413,
+    415,
+    503,
+    *BODY,
+    s400="Malformed multipart or JSON, or an empty image.",
+    s403="The API key lacks the classify scope.",
+    s404="The model asked for is not served.",
+    s413="The body, or the image (bytes or pixels), is over its limit.",
+    s415="Not multipart/form-data or JSON, or not an image in a supported format.",
+    s422="Missing image, unknown head (unknown_head) or label (unknown_label), invalid "
+    "option or base64, or corrupt image data.",
+    s503="A model not ready yet, or explanations are overloaded (see Retry-After).",
+)
+
+
+async def query_options(
+    model: str | None = Query(
+        None,
+        pattern=MODEL_TAG,
+        description="A served model: name, name:version or name:latest (default: the active one).",
+    ),
+    head: str | None = Query(
+        None, min_length=1, max_length=64, description="The head to explain (default: label)."
+    ),
+    label: str | None = Query(
+        None, min_length=1, max_length=256, description="The value of the head to explain."
+    ),
+) -> None:
+    """The options explain takes in the query string, declared and checked here
+    (:func:`read_explain` reads them with the body; a field or key of the same name wins)."""
 
 
 def _openapi() -> dict[str, Any]:
@@ -149,13 +171,17 @@ def _openapi() -> dict[str, Any]:
         "type": "object",
         "properties": {"image": {"type": "string", "format": "binary"}, **options},
         "required": ["image"],
+        "additionalProperties": False,
     }
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": multipart},
-                "application/json": {"schema": ExplainJSON.model_json_schema()},
+                "multipart/form-data": {
+                    "schema": multipart,
+                    "encoding": {"image": {"contentType": ", ".join(IMAGE_TYPES)}},
+                },
+                "application/json": {"schema": inline_schema(ExplainJSON)},
             },
         }
     }
@@ -166,14 +192,17 @@ def _openapi() -> dict[str, Any]:
     response_model=ExplainResponse,
     responses={
         200: {
-            "content": {PNG: {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                PNG: {"schema": {"type": "string", "format": "binary"}},
+            },
             "description": "The explanation; with `Accept: image/png`, the overlay PNG itself "
             "(headers X-Explain-Label, percent-encoded, and X-Explain-Score).",
         },
-        **{s: {"model": ErrorResponse, "description": d} for s, d in _DESCRIBED.items()},
+        **_ERRORS,
     },
     summary="Explain one image's prediction (Grad-CAM heat map)",
     openapi_extra=_openapi(),
+    dependencies=[Depends(query_options)],
 )
 async def explain(
     request: Request, principal: Principal = Depends(require("classify"))
@@ -271,7 +300,9 @@ async def read_explain(request: Request, limits: Limits) -> tuple[ExplainParams,
     classify's (the same parsers, limits and errors), with explain's options."""
     if _content_kind(request) == JSON:
         payload = await _json(request, limits)
-        body = _validated(ExplainJSON, payload, None, request=request, file_field="image_b64")
+        body = _validated(
+            ExplainJSON, payload, None, request=request, file_field="image_b64", strict=True
+        )
         upload = await _decoded(lambda: _from_b64(body.image_b64, None, limits), body.image_b64)
         if upload.error:
             raise upload.error

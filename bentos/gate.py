@@ -9,18 +9,23 @@ body unread and the connection closed:
    away without a database look-up. A key this worker checked and cached still passes (one
    hash), so the good clients behind the same address (a NAT) keep working;
 2. the API key (401; a key not cached is checked against the database in a worker thread,
-   at most ``max_unauthenticated`` at once, more get 503);
-3. the key's requests in progress on this worker (429 ``too_many_concurrent_requests``
-   past ``max_in_flight_per_key``).
+   at most ``max_unauthenticated`` at once, more get 503), or, with ``oidc_issuer`` set, a
+   bearer JWT in its place (:mod:`imageiq.oidc`: 401 when it does not verify; one that
+   needs the issuer's keys fetched is verified in a worker thread, within the same bound,
+   and gets 503 ``identity_provider_unavailable`` when the issuer does not answer);
+3. the key's (or the token subject's) requests in progress on this worker (429
+   ``too_many_concurrent_requests`` past ``max_in_flight_per_key``).
 
 The endpoints then check the key's scope and rate limit (:mod:`bentos.auth`). Every 401 and
-403 is counted and, when the service has a denial log, recorded there.
+403 is counted and, when the service has a denial log, recorded there, under the key id
+presented or the subject a token claims (never the secret, never the token).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,6 +36,7 @@ from imageiq.audit import presented_key_id
 from imageiq.keys import ANONYMOUS, Principal
 from imageiq.logs import client_request_id_var, request_id_var
 from imageiq.metrics import metrics
+from imageiq.oidc import TokenVerifier, bearer_token
 from imageiq.ratelimit import LocalGCRA
 from imageiq.settings import Settings
 
@@ -49,8 +55,9 @@ class Gate:
         self.public = public
         self._failures = LocalGCRA()
         self._blocked: dict[str, float] = {}  # client address -> monotonic time it may retry
-        self._checking = 0  # key checks waiting on the database
+        self._checking = 0  # key and token checks in worker threads
         self._per_key: Counter[str] = Counter()
+        self.tokens = TokenVerifier.from_settings(settings)  # None: OIDC is off
 
     async def admit(self, scope: Scope) -> Principal | None:
         """The request's principal (None on a public path), counted in its key's requests
@@ -64,38 +71,63 @@ class Gate:
         client = _client(scope)
         header = _header(scope, b"authorization")
         backends = backends_of(scope)
-        keys = backends.keys
-        if not keys.knows(header):  # a key checked and cached passes (a NAT's good clients)
-            self._check_throttle(client)
+        token = bearer_token(header) if self.tokens is not None else None
         try:
-            if keys.answers_from_memory(header):
-                principal: Principal = keys.authenticate(header)
+            if token is not None:
+                principal = await self._verify_token(client, token)
             else:
-                if self._checking >= self.settings.max_unauthenticated:
-                    raise errors.Overloaded(
-                        "Too many API keys are being checked at once; retry shortly.",
-                        retry_after=1,
-                    )
-                self._checking += 1
-                try:
-                    principal = await anyio.to_thread.run_sync(keys.authenticate, header)
-                finally:
-                    self._checking -= 1
+                principal = await self._check_key(client, header, backends.keys)
         except errors.Unauthorized as e:
             self._failed(client)
-            self.denied(scope, backends, e, key_id=presented_key_id(header))
+            presented = (
+                self.tokens.presented_subject(token)
+                if self.tokens is not None and token is not None
+                else presented_key_id(header)
+            )
+            self.denied(scope, backends, e, key_id=presented)
             raise
         limit = self.settings.max_in_flight_per_key
         if self._per_key[principal.key_id] >= limit:
             raise errors.TooManyConcurrentRequests(
-                f"This API key has {limit} requests in progress on this server, the most it "
-                "may; retry when one finishes.",
+                f"This {'token subject' if token else 'API key'} has {limit} requests in "
+                "progress on this server, the most it may; retry when one finishes.",
                 details={"max_in_flight_per_key": limit},
                 retry_after=1,
             )
         self._per_key[principal.key_id] += 1
         scope[PRINCIPAL_KEY] = principal
         return principal
+
+    async def _check_key(self, client: str, header: str | None, keys: Any) -> Principal:
+        if not keys.knows(header):  # a key checked and cached passes (a NAT's good clients)
+            self._check_throttle(client)
+        if keys.answers_from_memory(header):
+            principal: Principal = keys.authenticate(header)
+            return principal
+        return await self._in_thread(keys.authenticate, header, what="API keys")
+
+    async def _verify_token(self, client: str, token: str) -> Principal:
+        assert self.tokens is not None
+        if not self.tokens.knows(token):  # a token verified a moment ago passes, likewise
+            self._check_throttle(client)
+        if self.tokens.answers_from_memory(token):  # a signature check, no network
+            return self.tokens.verify(token, fetch=False)
+        return await self._in_thread(self.tokens.verify, token, what="tokens")
+
+    async def _in_thread(
+        self, check: Callable[[Any], Principal], credential: str | None, *, what: str
+    ) -> Principal:
+        """``check(credential)`` in a worker thread (it waits on the database or the
+        issuer), at most ``max_unauthenticated`` at once across keys and tokens."""
+        if self._checking >= self.settings.max_unauthenticated:
+            raise errors.Overloaded(
+                f"Too many {what} are being checked at once; retry shortly.", retry_after=1
+            )
+        self._checking += 1
+        try:
+            return await anyio.to_thread.run_sync(check, credential)
+        finally:
+            self._checking -= 1
 
     def release(self, principal: Principal | None) -> None:
         if principal is None or not self.settings.auth_enabled:

@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import FastAPI, Request
@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bentos.gate import Gate
+from bentos.gate import PUBLIC, Gate
 from imageiq import errors
 from imageiq.admission import Budget, byte_budget, parse_factor
 from imageiq.logs import client_request_id_var, request_id_var
@@ -47,10 +47,20 @@ _ENVELOPE = 64 * 1024  # multipart boundaries, form fields, JSON keys
 JOBS_JSON_BYTES = 96 * 1024 * 1024
 
 
+# What anyone may GET without a key, relative to a mount: the OpenAPI pages (/v1), the v2
+# protocol's server metadata and health (/v2).
+PUBLIC_PATHS = PUBLIC | {"", "/", "/health/live", "/health/ready"}
+# How an error is written: /v1's envelope, or the v2 protocol's {"error": message} (with the
+# code and request id beside it).
+ErrorForm = Literal["envelope", "v2"]
+
+
 def body_limit(settings: Settings, path: str) -> int:
     """The largest body a path accepts: RequestGuard refuses more with 413."""
     if path.endswith("/classify/batch"):
         return settings.max_batch_request_bytes
+    if path.endswith("/infer"):  # v2: a batch of images, base64 in JSON or binary
+        return settings.max_batch_request_bytes * 4 // 3 + _ENVELOPE
     if path.endswith(("/classify", "/explain")):  # base64 in JSON is 4/3 of the file
         return settings.max_image_bytes * 4 // 3 + _ENVELOPE
     if path.endswith("/v1/jobs") or path == "/jobs":  # an archive, streamed to disk
@@ -71,7 +81,7 @@ _STATUS_ERRORS: dict[int, type[errors.ImageIQError]] = {
 }
 
 
-def error_response(error: errors.ImageIQError) -> JSONResponse:
+def error_response(error: errors.ImageIQError, form: ErrorForm = "envelope") -> JSONResponse:
     body: dict[str, Any] = {
         "code": error.code,
         "message": error.message,
@@ -79,42 +89,44 @@ def error_response(error: errors.ImageIQError) -> JSONResponse:
     }
     if error.details:
         body["details"] = error.details
+    # The v2 protocol's clients read "error" as the message.
+    body = {"error": body.pop("message"), **body} if form == "v2" else {"error": body}
     headers = {ERROR_CODE_HEADER: error.code, REQUEST_ID_HEADER: request_id_var.get()}
     if error.retry_after is not None or error.status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
     if isinstance(error, errors.MethodNotAllowed) and error.details.get("allowed_methods"):
         headers["Allow"] = ", ".join(error.details["allowed_methods"])
-    return JSONResponse({"error": body}, status_code=error.status, headers=headers)
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
-async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+def _as_domain_error(exc: Exception) -> errors.ImageIQError:
+    if isinstance(exc, RequestValidationError):
+        problems = [
+            {
+                "field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        return errors.InvalidParameter(summary, details={"problems": problems})
+    if isinstance(exc, StarletteHTTPException):
+        cls = _STATUS_ERRORS.get(exc.status_code, errors.InvalidRequest)
+        allow = (exc.headers or {}).get("Allow")
+        details = {"allowed_methods": [m.strip() for m in allow.split(",")]} if allow else None
+        return cls(str(exc.detail), details=details)
     assert isinstance(exc, errors.ImageIQError)
-    return error_response(exc)
+    return exc
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    problems = [
-        {"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
-        for e in exc.errors()
-    ]
-    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-    return error_response(errors.InvalidParameter(summary, details={"problems": problems}))
-
-
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    cls = _STATUS_ERRORS.get(exc.status_code, errors.InvalidRequest)
-    allow = (exc.headers or {}).get("Allow")
-    details = {"allowed_methods": [m.strip() for m in allow.split(",")]} if allow else None
-    return error_response(cls(str(exc.detail), details=details))
-
-
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, form: ErrorForm = "envelope") -> None:
     """Domain, validation and HTTP errors; anything else is caught by :class:`RequestGuard`."""
-    app.add_exception_handler(errors.ImageIQError, _domain_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(_as_domain_error(exc), form)
+
+    for kind in (errors.ImageIQError, RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(kind, handler)
 
     # Unknown paths under the mount: BentoML only routes paths the app declares, so a
     # catch-all keeps their 404 (and 405) in the error envelope.
@@ -134,6 +146,17 @@ def install_error_handlers(app: FastAPI) -> None:
         include_in_schema=False,
         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
     )
+
+
+class Door:
+    """What the API's mounts (/v1, /v2) share, so that a limit holds across both: the
+    requests in progress, the request-byte budget and the gate (keys, per-key concurrency,
+    failed-authentication throttling)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.in_flight = 0
+        self.bytes = Budget(byte_budget(settings), unit="bytes")
+        self.gate = Gate(settings, public=PUBLIC_PATHS)
 
 
 class RequestGuard:
@@ -161,15 +184,22 @@ class RequestGuard:
     ``imageiq.access`` log record and its metrics.
     """
 
-    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        door: Door | None = None,
+        form: ErrorForm = "envelope",
+    ) -> None:
         self.app = app
         self.settings = settings
         self.max_body_bytes = functools.partial(body_limit, settings)
         self.max_in_flight = settings.max_in_flight
         self.timeout_s = settings.request_timeout_s
-        self.in_flight = 0
-        self.bytes = Budget(byte_budget(settings), unit="bytes")
-        self.gate = Gate(settings)
+        self.door = door if door is not None else Door(settings)
+        self.gate = self.door.gate
+        self.form = form
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -190,22 +220,23 @@ class RequestGuard:
             request_id=request_id,
             client_request_id=client_request_id,
             max_body=limit,
-            budget=self.bytes,
+            budget=self.door.bytes,
             factor=parse_factor(_header(scope, b"content-type")),
             body_timeout_s=self.settings.body_timeout_s,
+            form=self.form,
         )
         started = time.perf_counter()
         try:
-            if self.in_flight >= self.max_in_flight:
+            if self.door.in_flight >= self.max_in_flight:
                 await exchange.respond(
                     errors.Overloaded(
-                        f"{self.in_flight} requests are in progress, the most this server "
-                        "takes; retry shortly."
+                        f"{self.door.in_flight} requests are in progress, the most this "
+                        "server takes; retry shortly."
                     ),
                     close=True,
                 )
                 return
-            self.in_flight += 1
+            self.door.in_flight += 1
             in_flight = metrics().requests_in_flight
             in_flight.inc()
             principal = None
@@ -242,7 +273,7 @@ class RequestGuard:
                     )
                 )
             finally:
-                self.in_flight -= 1
+                self.door.in_flight -= 1
                 in_flight.dec()
                 self.gate.release(principal)
                 exchange.release()
@@ -294,8 +325,10 @@ class _Exchange:
         budget: Budget,
         factor: int,
         body_timeout_s: float,
+        form: ErrorForm = "envelope",
     ) -> None:
         self.scope, self._receive, self._send = scope, receive, send
+        self.form = form
         self.request_id, self.client_request_id = request_id, client_request_id
         self.max_body, self.budget, self.factor = max_body, budget, factor
         self.body_timeout_s = body_timeout_s
@@ -387,7 +420,7 @@ class _Exchange:
         self.status, self.code = errors.ClientClosedRequest.status, errors.ClientClosedRequest.code
 
     async def respond(self, error: errors.ImageIQError, *, close: bool = False) -> None:
-        response = error_response(error)
+        response = error_response(error, self.form)
         if close:
             response.headers["Connection"] = "close"
         await response(self.scope, self._receive, self._stamped_send)
@@ -412,6 +445,22 @@ def _too_large(max_bytes: int) -> errors.PayloadTooLarge:
     return errors.PayloadTooLarge(
         f"The request body is larger than {max_bytes} bytes.", details={"max_bytes": max_bytes}
     )
+
+
+class MountRoot:
+    """Service-level ASGI middleware: a request for a mount's own path (``/v2``) goes to
+    the mount's root route (``/v2/``) rather than to Starlette's redirect, which
+    Triton's client does not follow (the v2 protocol's server metadata is ``GET /v2``)."""
+
+    def __init__(self, app: ASGIApp, *, paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") in self.paths:
+            path = f"{scope['path']}/"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, receive, send)
 
 
 class EnvelopeOutsideApi:

@@ -60,6 +60,7 @@ async def read_classify(request: Request, limits: Limits) -> tuple[ClassifyParam
             limits,
             request=request,
             file_field="image_b64",
+            strict=True,
         )
         upload = await _decoded(lambda: _from_b64(body.image_b64, None, limits), body.image_b64)
         if upload.error:
@@ -90,7 +91,9 @@ async def read_batch(request: Request, limits: Limits) -> tuple[ClassifyParams, 
         payload = await _json(request, limits)
         if isinstance(payload, dict) and isinstance(payload.get("images_b64"), list):
             _check_count(len(payload["images_b64"]), limits)
-        body = _validated(BatchJSON, payload, limits, request=request, file_field="images_b64")
+        body = _validated(
+            BatchJSON, payload, limits, request=request, file_field="images_b64", strict=True
+        )
         del payload
         uploads = await _decoded(
             lambda: [_from_b64(b64, None, limits) for b64 in body.images_b64], *body.images_b64
@@ -188,16 +191,29 @@ def _json_values(limits: Limits) -> int:
 
 
 def _validated(
-    model: type[M], payload: Any, limits: Limits | None, *, request: Request, file_field: str
+    model: type[M],
+    payload: Any,
+    limits: Limits | None,
+    *,
+    request: Request,
+    file_field: str,
+    strict: bool = False,
 ) -> M:
     """``payload`` and the query string as ``model`` (the classify defaults under them when
-    ``limits`` is given), or the 4xx that says what is wrong."""
+    ``limits`` is given), or the 4xx that says what is wrong. ``strict``: the payload is
+    JSON, whose values must have the schema's types (``"top_k": "5"`` and ``"store": 0``
+    are refused); the query string's and form fields' are text, read as their types."""
     if not isinstance(payload, dict):
         raise errors.InvalidRequest("The JSON body must be an object.")
     defaults = {"top_k": limits.default_top_k} if limits is not None else {}
     data = {**defaults, **request.query_params, **payload}
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data)
+        if strict:
+            validated = model.model_validate({**validated.model_dump(), **payload}, strict=True)
+        else:
+            _check_form_booleans(model, payload)
+        return validated
     except ValidationError as e:
         problems = [
             {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": _message(err)}
@@ -210,6 +226,19 @@ def _validated(
             ) from None
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         raise errors.InvalidParameter(summary, details={"problems": problems}) from None
+
+
+def _check_form_booleans(model: type[BaseModel], fields: dict[str, Any]) -> None:
+    """A form field for a boolean option says ``true`` or ``false`` (as the schema's
+    boolean reads in a form), not pydantic's other spellings (``0``, ``yes``, ``on``)."""
+    for name, value in fields.items():
+        info = model.model_fields.get(name)
+        boolean = info is not None and info.annotation is bool
+        if boolean and isinstance(value, str) and value.strip().lower() not in ("true", "false"):
+            raise errors.InvalidParameter(
+                f"{name}: send true or false, not {value[:20]!r}.",
+                details={"problems": [{"field": name, "message": "true or false"}]},
+            )
 
 
 def _params(body: ClassifyParams) -> ClassifyParams:

@@ -30,31 +30,31 @@ from bentos.auth import require
 from bentos.dbcall import db_call
 from bentos.http import JOBS_JSON_BYTES, note
 from bentos.jobs_schemas import JobCreated, JobOptionsIn, JobOut, JobRequest, JobsOut
-from bentos.schemas import ErrorResponse
+from bentos.openapi import ADMITTED, BODY, error_responses, inline_schema
 from bentos.state import ServiceState, state
 from imageiq import errors
 from imageiq.admission import ARCHIVE_MEDIA
+from imageiq.classify import MAX_TOP_K
 from imageiq.jobs.plan import Plan
 from imageiq.jobs.result_files import FORMATS, MEDIA_TYPES
 from imageiq.jobs.submit import Caller, JobOptions, Jobs
 from imageiq.keys import Principal
 from imageiq.logs import request_id_var
+from imageiq.settings import MODEL_TAG
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(*ADMITTED))
 JobId = Path(pattern=r"^[0-9a-f]{32}$", description="A job id.")
 # application/octet-stream too: the archive's kind is read from its first bytes.
 ARCHIVE_TYPES = ARCHIVE_MEDIA | {"application/octet-stream"}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
-}
+_NO_JOB = "No job with this id (or not one this key may see)."
 _BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": JobRequest.model_json_schema()},
+            "application/json": {"schema": inline_schema(JobRequest)},
             **{
                 media: {"schema": {"type": "string", "format": "binary"}}
-                for media in ("application/zip", "application/x-tar", "application/gzip")
+                for media in sorted(ARCHIVE_TYPES)
             },
         },
     }
@@ -126,7 +126,25 @@ def _options(s: ServiceState, given: JobOptionsIn) -> JobOptions:
     "/jobs",
     status_code=202,
     response_model=JobCreated,
-    responses=_ERRORS,
+    responses={
+        202: {
+            "headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}
+        },
+        **error_responses(
+            403,
+            404,
+            413,
+            415,
+            *BODY,
+            s400="Malformed JSON, or an archive that cannot be read.",
+            s403="The API key lacks the classify scope, or the source's bucket is not one "
+            "jobs may read (bucket_not_allowed).",
+            s404="The model asked for is not served.",
+            s413="The body, or the archive's members, over their limit.",
+            s415="Neither JSON nor an archive.",
+            s422="An invalid option or source, a bucket not allowed, a callback URL not public.",
+        ),
+    },
     summary="Submit a bulk classification job",
     openapi_extra=_BODY,
 )
@@ -134,10 +152,14 @@ async def submit_job(
     request: Request,
     response: Response,
     principal: Principal = Depends(require("classify")),
-    model: str | None = Query(None, description="Archive uploads: the model."),
-    top_k: int = Query(5, description="Archive uploads: labels per image."),
-    min_confidence: float = Query(0.0, description="Archive uploads: the score cut-off."),
-    callback_url: str | None = Query(None, description="Archive uploads: the webhook URL."),
+    model: str | None = Query(None, pattern=MODEL_TAG, description="Archive uploads: the model."),
+    top_k: int = Query(5, ge=1, le=MAX_TOP_K, description="Archive uploads: labels per image."),
+    min_confidence: float = Query(
+        0.0, ge=0.0, le=1.0, description="Archive uploads: the score cut-off."
+    ),
+    callback_url: str | None = Query(
+        None, max_length=2048, description="Archive uploads: the webhook URL."
+    ),
     progress_webhooks: bool = Query(False, description="Archive uploads: progress webhooks."),
     filename: str | None = Query(None, max_length=200, description="Archive uploads: its name."),
 ) -> JobCreated:
@@ -212,7 +234,12 @@ def _invalid(error: ValidationError, where: str) -> RequestValidationError:
     return RequestValidationError([{**e, "loc": (where, *e["loc"])} for e in error.errors()])
 
 
-@router.get("/jobs", response_model=JobsOut, responses=_ERRORS, summary="Your newest jobs")
+@router.get(
+    "/jobs",
+    response_model=JobsOut,
+    responses=error_responses(403, 422),
+    summary="Your newest jobs",
+)
 async def list_jobs(
     request: Request,
     principal: Principal = Depends(require("classify")),
@@ -223,7 +250,12 @@ async def list_jobs(
     return JobsOut(jobs=[JobOut(**j) for j in jobs_found])
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, summary="A job's progress")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    responses=error_responses(403, 404, 422, s404=_NO_JOB),
+    summary="A job's progress",
+)
 async def get_job(
     request: Request,
     job_id: str = JobId,
@@ -236,7 +268,14 @@ async def get_job(
     return JobOut(**core.describe(view))
 
 
-@router.delete("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, summary="Cancel a job")
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    responses=error_responses(
+        403, 404, 409, 422, s404=_NO_JOB, s409="The job has ended (job_finished)."
+    ),
+    summary="Cancel a job",
+)
 async def cancel_job(
     request: Request,
     job_id: str = JobId,
@@ -251,9 +290,25 @@ async def cancel_job(
 @router.get(
     "/jobs/{job_id}/results",
     responses={
-        **_ERRORS,
-        200: {"content": {"application/x-ndjson": {}, **{m: {} for m in MEDIA_TYPES.values()}}},
+        **error_responses(
+            403, 404, 409, 422, s404=_NO_JOB, s409="The job has not succeeded (job_not_done)."
+        ),
+        200: {
+            "description": "JSON Lines (one object per image), or the finished job's file.",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                **{
+                    m: {"schema": {"type": "string", "format": "binary"}}
+                    for m in MEDIA_TYPES.values()
+                },
+            },
+        },
+        307: {
+            "description": "format=parquet|csv: the file's presigned link.",
+            "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+        },
     },
+    response_class=Response,
     summary="A job's answers",
 )
 async def job_results(

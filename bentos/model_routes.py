@@ -9,12 +9,12 @@ Included by :mod:`bentos.catalog`'s router, so the service mounts it with the ca
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Request, Security
 from pydantic import ValidationError
 
 from bentos.admin_schemas import (
+    MODEL_NAME,
     VERSION,
     EvaluationFileOut,
     KeyOut,
@@ -26,20 +26,22 @@ from bentos.auth import bearer, charge, require
 from bentos.dbcall import db_call
 from bentos.gate import principal_of
 from bentos.http import note
-from bentos.schemas import ErrorResponse
+from bentos.openapi import ADMITTED, error_responses
 from bentos.state import state
 from imageiq import model_versions
 from imageiq.keys import SCOPES, Principal
 from imageiq.model_repo import ModelRepository
 from imageiq.pool import ModelPool
-from imageiq.settings import TAG_PART
 
 log = logging.getLogger("imageiq.service")
-router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (401, 403, 404, 422, 429, 503)
-}
-ModelName = Path(pattern=rf"^{TAG_PART}$", description="A model name.")
+# What whoami shows as the prefix of a caller signed in with an OIDC token (no key).
+OIDC_PREFIX = "(OIDC token)"
+
+router = APIRouter(responses=error_responses(*ADMITTED))
+_VERSIONS_ERRORS = error_responses(
+    403, 404, 422, s404="Neither the model store nor the model repository knows it."
+)
+ModelName = Path(pattern=MODEL_NAME, description="A model name.")
 
 
 async def caller(request: Request, _: object = Security(bearer)) -> Principal:
@@ -73,7 +75,6 @@ def serving(pool: ModelPool) -> model_versions.Serving:
 @router.get(
     "/auth/whoami",
     response_model=WhoamiOut,
-    responses=_ERRORS,
     summary="The API key used, and its effective scopes",
 )
 async def whoami(request: Request, principal: Principal = Depends(caller)) -> WhoamiOut:
@@ -83,7 +84,13 @@ async def whoami(request: Request, principal: Principal = Depends(caller)) -> Wh
         return WhoamiOut(auth_enabled=False, key=None, scopes=list(SCOPES))
     return WhoamiOut(
         auth_enabled=True,
-        key=KeyOut(id=principal.key_id, name=principal.name, prefix=f"iiq_{principal.key_id}_"),
+        key=KeyOut(
+            id=principal.key_id,
+            name=principal.name,
+            prefix=OIDC_PREFIX
+            if principal.key_id.startswith("oidc")
+            else f"iiq_{principal.key_id}_",
+        ),
         scopes=[s for s in SCOPES if principal.allows(s)],
     )
 
@@ -91,7 +98,7 @@ async def whoami(request: Request, principal: Principal = Depends(caller)) -> Wh
 @router.get(
     "/models/{name}/versions",
     response_model=VersionsOut,
-    responses=_ERRORS,
+    responses=_VERSIONS_ERRORS,
     summary="The versions of a model name",
 )
 async def list_versions(
@@ -117,7 +124,7 @@ async def list_versions(
 @router.get(
     "/models/{name}/versions/{version}",
     response_model=VersionDetailOut,
-    responses=_ERRORS,
+    responses=_VERSIONS_ERRORS,
     summary="One version of a model: its card and held-out evaluation",
 )
 async def get_version(

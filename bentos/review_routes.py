@@ -8,24 +8,21 @@ Included by :mod:`bentos.catalog`'s router, so the service mounts it with the ca
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from bentos.auth import require
-from bentos.catalog_schemas import CONTROL, MOMENT_EXAMPLES, SURROGATE, parse_moment
+from bentos.catalog_schemas import CONTROL, MOMENT, MOMENT_EXAMPLES, SURROGATE, parse_moment
 from bentos.dbcall import db_call
-from bentos.schemas import ErrorResponse, ModelRefOut, ScoredLabelOut
+from bentos.openapi import ADMITTED, error_responses
+from bentos.schemas import ModelRefOut, ScoredLabelOut
 from bentos.state import state
 from imageiq import errors, review
 from imageiq.keys import Principal
 from imageiq.settings import TAG_PART
 
-router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 403, 422, 429, 503)
-}
+router = APIRouter(responses=error_responses(*ADMITTED))
 _VALUE = {
     "least_confident": "the top-1 score",
     "margin": "top-1 minus top-2 score",
@@ -75,7 +72,7 @@ class ReviewPageOut(BaseModel):
 @router.get(
     "/review",
     response_model=ReviewPageOut,
-    responses=_ERRORS,
+    responses=error_responses(400, 403, 422, s400="A cursor this query did not give."),
     summary="The review queue: stored images that most need a label",
 )
 async def review_queue(
@@ -93,6 +90,7 @@ async def review_queue(
     created_after: str | None = Query(
         None,
         max_length=40,
+        pattern=MOMENT.pattern,
         description="Stored at or after this time. ISO 8601: a date (2024-03-10) or a date "
         "and time; no zone means UTC.",
         examples=MOMENT_EXAMPLES,

@@ -12,10 +12,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from bentos import core_call
 from bentos.answers import batch_item, prediction_fields
 from bentos.auth import charge, require
 from bentos.http import note
 from bentos.inputs import read_batch, read_classify
+from bentos.openapi import ADMITTED, BODY, IMAGE_TYPES, error_responses, inline_schema
 from bentos.schemas import (
     BatchJSON,
     BatchResponse,
@@ -23,41 +25,61 @@ from bentos.schemas import (
     ClassifyJSON,
     ClassifyParams,
     ClassifyResponse,
-    ErrorResponse,
     ModelOut,
     ModelsResponse,
 )
 from bentos.state import ServiceState, state
 from imageiq import errors
-from imageiq.classify import ImageResult, count_rejected
+from imageiq.classify import MAX_TOP_K, ImageResult, count_rejected
 from imageiq.keys import Principal
 from imageiq.pool import ServedModel
 from imageiq.settings import MODEL_TAG
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(*ADMITTED))
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "Malformed request (bad multipart or JSON) or empty image.",
-        401: "Missing, unknown or revoked API key.",
-        403: "The API key lacks the scope this endpoint needs.",
-        404: "The model asked for is not served.",
-        413: "Image over the byte or pixel limit, or too many images.",
-        415: "Not multipart/form-data or JSON, or not an image in a supported format.",
-        422: "Missing image, invalid parameter or base64, or corrupt image data.",
-        429: "The API key's rate limit (one per image) or its requests in progress are "
-        "exceeded, or its address failed to authenticate too often (see Retry-After).",
-        503: "Model not ready yet, or the server is overloaded (see Retry-After).",
-    }
-    return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
+_CLASSIFY_ERRORS = error_responses(
+    403,
+    404,
+    413,
+    415,
+    503,
+    *BODY,
+    s400="Malformed multipart or JSON, or an empty image.",
+    s404="The model asked for is not served.",
+    s413="The body, an image (bytes or pixels) or the number of images is over its limit.",
+    s415="Not multipart/form-data or JSON, or not an image in a supported format.",
+    s422="Missing image, invalid option (query, field or key) or base64, or corrupt image data.",
+    s503="A model not ready yet, the server overloaded or still starting (see Retry-After).",
+)
+
+
+async def query_options(
+    top_k: int | None = Query(
+        None,
+        ge=1,
+        le=MAX_TOP_K,
+        description="How many labels to return at most (default: the server's, 5).",
+    ),
+    min_confidence: float | None = Query(
+        None, ge=0.0, le=1.0, description="Leave out labels scored below this (default 0)."
+    ),
+    model: str | None = Query(
+        None,
+        pattern=MODEL_TAG,
+        description="A served model: name, name:version or name:latest (default: the active one).",
+    ),
+    store: bool | None = Query(None, description="Keep the image (default false)."),
+) -> None:
+    """The options a classify route takes in the query string, declared and checked here
+    (:mod:`bentos.inputs` reads them with the body; a field or key of the same name wins)."""
 
 
 def _request_body(json_model: type[ClassifyJSON | BatchJSON], file_field: str) -> dict[str, Any]:
     """OpenAPI request body: the endpoints read multipart or JSON themselves."""
     options = ClassifyParams.model_json_schema()["properties"]
     files = (
-        {"type": "array", "items": {"type": "string", "format": "binary"}}
+        {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
         if file_field == "images"
         else {"type": "string", "format": "binary"}
     )
@@ -70,9 +92,11 @@ def _request_body(json_model: type[ClassifyJSON | BatchJSON], file_field: str) -
                         "type": "object",
                         "properties": {file_field: files, **options},
                         "required": [file_field],
-                    }
+                        "additionalProperties": False,
+                    },
+                    "encoding": {file_field: {"contentType": ", ".join(IMAGE_TYPES)}},
                 },
-                "application/json": {"schema": json_model.model_json_schema()},
+                "application/json": {"schema": inline_schema(json_model)},
             },
         }
     }
@@ -96,28 +120,18 @@ async def _classify(
     noted for the access log with the batch sizes its images ran in)."""
     s.core.check(top_k=params.top_k, min_confidence=params.min_confidence, store=params.store)
     served = s.pool.resolve(params.model)
-    note(request.scope, model=served.tag)
-    try:
-        results = await s.core.classify(
-            served,
-            images,
-            top_k=params.top_k,
-            min_confidence=params.min_confidence,
-            store=params.store,
-            principal=principal,
-            endpoint=endpoint,
-            started=started,
-        )
-    except Exception as e:
-        # A canary is judged on its server errors too (not on capacity refusals or the
-        # client's mistakes).
-        status = e.status if isinstance(e, errors.ImageIQError) else 500
-        if s.rollouts is not None and status >= 500 and status != 503:
-            s.rollouts.note_error(served.tag)
-        raise
-    sizes = [r.classified.batch_size for r in results if r.classified and not r.classified.cached]
-    if sizes:
-        note(request.scope, batch_sizes=sizes)
+    results = await core_call.classify(
+        request.scope,
+        s,
+        served,
+        images,
+        top_k=params.top_k,
+        min_confidence=params.min_confidence,
+        store=params.store,
+        principal=principal,
+        endpoint=endpoint,
+        started=started,
+    )
     return served, results
 
 
@@ -125,9 +139,10 @@ async def _classify(
     "/classify",
     response_model=ClassifyResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
+    responses=_CLASSIFY_ERRORS,
     summary="Classify one image",
     openapi_extra=_request_body(ClassifyJSON, "image"),
+    dependencies=[Depends(query_options)],
 )
 async def classify(
     request: Request, principal: Principal = Depends(require("classify"))
@@ -158,9 +173,10 @@ async def classify(
     "/classify/batch",
     response_model=BatchResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
+    responses=_CLASSIFY_ERRORS,
     summary="Classify several images in one request",
     openapi_extra=_request_body(BatchJSON, "images"),
+    dependencies=[Depends(query_options)],
 )
 async def classify_batch(
     request: Request, principal: Principal = Depends(require("classify"))
@@ -207,7 +223,7 @@ async def classify_batch(
 @router.get(
     "/categories",
     response_model=CategoriesResponse,
-    responses=_errors(404, 503),
+    responses=error_responses(403, 404, 422, s404="The model asked for is not served."),
     summary="Labels and attribute heads of a model",
 )
 async def categories(
@@ -226,7 +242,12 @@ async def categories(
     )
 
 
-@router.get("/models", response_model=ModelsResponse, summary="The served models")
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    responses=error_responses(403),
+    summary="The served models",
+)
 async def list_models(
     request: Request, principal: Principal = Depends(require("classify"))
 ) -> ModelsResponse:

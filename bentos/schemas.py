@@ -11,11 +11,17 @@ from imageiq.classify import MAX_TOP_K
 from imageiq.settings import MODEL_TAG
 
 _VERSION = "r3vqbbdbrgsuasc6"
+# A real 8x8 PNG, base64: the example request bodies are ones the service answers with 200.
+EXAMPLE_PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mM8ISfHgA0w"
+    "MeAAg1MCANDKARQfGKMRAAAAAElFTkSuQmCC"
+)
 
 
 # --- requests -------------------------------------------------------------------------------
 class ClassifyParams(BaseModel):
-    """Options of /v1/classify and /v1/classify/batch (form fields, JSON keys or query)."""
+    """Options of /v1/classify and /v1/classify/batch: form fields or JSON keys, or the
+    query string (where a field or key of the same name wins)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -41,14 +47,18 @@ class ClassifyJSON(ClassifyParams):
 
     image_b64: str = Field(
         description="The image file, base64 (standard or URL-safe; a data: URL is accepted).",
-        examples=["iVBORw0KGgoAAAANSUhEUgAA..."],
+        examples=[EXAMPLE_PNG_B64],
     )
 
 
 class BatchJSON(ClassifyParams):
     """/v1/classify/batch as JSON."""
 
-    images_b64: list[str] = Field(description="The image files, base64, in order.")
+    images_b64: list[str] = Field(
+        min_length=1,
+        description="The image files, base64, in order (at most IMAGEIQ_MAX_BATCH_IMAGES).",
+        examples=[[EXAMPLE_PNG_B64, EXAMPLE_PNG_B64]],
+    )
 
 
 # --- responses ------------------------------------------------------------------------------

@@ -34,14 +34,24 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 import imageiq
+from bentos import bento_apis
+from bentos.bento_apis import BentoApiGuard
 from bentos.catalog import router as catalog_router
 from bentos.explain_routes import router as explain_router
-from bentos.http import EnvelopeOutsideApi, RequestGuard, install_error_handlers
+from bentos.http import (
+    Door,
+    EnvelopeOutsideApi,
+    MountRoot,
+    RequestGuard,
+    install_error_handlers,
+)
 from bentos.inputs import Limits
 from bentos.jobs_routes import router as jobs_router
+from bentos.openapi import ServiceOpenApi
 from bentos.planes import MetricsOnApiPort, serve_metrics
 from bentos.routes import router as classify_router
 from bentos.state import ServiceState
+from bentos.v2_routes import build_v2
 from bentos.webui import UI_PATH, SecurityHeaders, UiApp, docs_router
 from imageiq import catalog, errors
 from imageiq.activation import ActivationSync
@@ -61,8 +71,9 @@ from imageiq.settings import Settings, load_settings
 log = logging.getLogger("imageiq.service")
 
 
-def build_api(settings: Settings) -> FastAPI:
-    """The public API (mounted at ``/v1``): the routes, the guard and the error envelope."""
+def build_api(settings: Settings, door: Door | None = None) -> FastAPI:
+    """The public API (mounted at ``/v1``): the routes, the guard and the error envelope.
+    ``door``: what it shares with the v2 protocol's mount (:class:`bentos.http.Door`)."""
     docs = settings.docs_enabled
     api = FastAPI(
         title="ImageIQ",
@@ -76,7 +87,7 @@ def build_api(settings: Settings) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
-    api.add_middleware(RequestGuard, settings=settings)
+    api.add_middleware(RequestGuard, settings=settings, door=door)
     api.include_router(classify_router)
     api.include_router(catalog_router)
     api.include_router(explain_router)
@@ -107,7 +118,9 @@ def build_service(settings: Settings) -> Any:
     # the client is (its default trusts loopback, where a local client could then pick the
     # address its failed authentications are counted against).
     os.environ["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies
-    api = build_api(settings)
+    door = Door(settings)  # /v1 and /v2 share the limits and the gate
+    api = build_api(settings, door)
+    v2 = build_v2(settings, door)
 
     @bentoml.service(
         name="imageiq",
@@ -127,6 +140,7 @@ def build_service(settings: Settings) -> Any:
         metrics={"enabled": False},
     )
     @bentoml.asgi_app(api, path="/v1")
+    @bentoml.asgi_app(v2, path="/v2")
     @bentoml.asgi_app(UiApp(), path=UI_PATH)
     class ImageClassifier:
         """Classifies images with the registered ImageIQ models named in the settings."""
@@ -170,7 +184,7 @@ def build_service(settings: Settings) -> Any:
                 repo=repo,
                 redis=self.backends.redis,
             )
-            api.state.imageiq = ServiceState(
+            api.state.imageiq = v2.state.imageiq = ServiceState(
                 settings=settings,
                 limits=Limits(
                     max_image_bytes=settings.max_image_bytes,
@@ -267,6 +281,40 @@ def build_service(settings: Settings) -> Any:
                     raise
                 self.backends.database.failed(e)
 
+        # BentoML's own API endpoints (bentoml.SyncHTTPClient): /v1's classify routes in
+        # BentoML's shape, behind the same guard (bentos.bento_apis).
+        @bentoml.api(route="/classify")
+        async def classify(
+            self,
+            image: Path,
+            top_k: int | None = None,
+            min_confidence: float = 0.0,
+            model: str | None = None,
+            ctx: bentoml.Context = None,  # type: ignore[assignment]  # BentoML fills it
+        ) -> dict[str, Any]:
+            """Classify one image: top-k labels, attributes, image facts, timings (the
+            answer of POST /v1/classify). Send your API key as the client's ``token``."""
+            answer = await bento_apis.classify(
+                ctx, image, top_k=top_k, min_confidence=min_confidence, model=model
+            )
+            return answer  # type: ignore[return-value]  # an error is a Response
+
+        @bentoml.api(route="/classify_batch")
+        async def classify_batch(
+            self,
+            images: list[Path],
+            top_k: int | None = None,
+            min_confidence: float = 0.0,
+            model: str | None = None,
+            ctx: bentoml.Context = None,  # type: ignore[assignment]
+        ) -> dict[str, Any]:
+            """Classify several images; one result per image, in order, a bad image its
+            own error (the answer of POST /v1/classify/batch)."""
+            answer = await bento_apis.classify_batch(
+                ctx, images, top_k=top_k, min_confidence=min_confidence, model=model
+            )
+            return answer  # type: ignore[return-value]
+
         def __is_ready__(self) -> bool:
             """BentoML's ``/readyz``: 200 once every served model is loaded and warm. A
             dependency that is down does not make the service unready: it degrades
@@ -299,7 +347,15 @@ def build_service(settings: Settings) -> Any:
     ImageClassifier.models.extend(_declared_models(settings))  # type: ignore[attr-defined]
     # The first added is the outermost: the headers go on every answer, the envelope's too.
     ImageClassifier.add_asgi_middleware(SecurityHeaders)  # type: ignore[attr-defined]
+    # /docs.json: the API's document (BentoML's reads version "None" and its own readme).
+    ImageClassifier.add_asgi_middleware(  # type: ignore[attr-defined]
+        ServiceOpenApi, api=api, metrics=settings.metrics_port is None, mounts={"/v2": v2}
+    )
     ImageClassifier.add_asgi_middleware(EnvelopeOutsideApi)  # type: ignore[attr-defined]
+    ImageClassifier.add_asgi_middleware(MountRoot, paths=("/v2",))  # type: ignore[attr-defined]
+    ImageClassifier.add_asgi_middleware(  # type: ignore[attr-defined]
+        BentoApiGuard, settings=settings, door=door, api=api
+    )
     if settings.metrics_port is None:
         ImageClassifier.add_asgi_middleware(MetricsOnApiPort)  # type: ignore[attr-defined]
     return ImageClassifier

@@ -10,7 +10,10 @@ counted (:attr:`DenialLog.dropped`), and the count itself is written as an
 away the writer keeps its batch and retries; new denials wait in the queue meanwhile.
 
 The key id recorded is the one presented, when it was well formed (``iiq_<16 hex>_...``):
-the id of an unknown or revoked key is worth knowing, its secret is never kept.
+the id of an unknown or revoked key is worth knowing, its secret is never kept. For an
+OpenID Connect token it is the principal id of the subject the token claims
+(``oidc:<subject>``, :mod:`imageiq.oidc`; unverified when the token was refused, as an
+unknown key's id is); the token itself is never kept.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sqlalchemy import Engine, insert
 from imageiq.db.engine import is_transient
 from imageiq.db.schema import AuditEntry, utcnow
 from imageiq.health import Dependency
+from imageiq.oidc import SUBJECT_ID
 
 log = logging.getLogger("imageiq.audit")
 DENIED = "auth.denied"
@@ -41,6 +45,13 @@ def presented_key_id(authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").strip().partition(" ")
     match = _PRESENTED.match(token.strip()) if scheme.lower() == "bearer" else None
     return match.group(1) if match else None
+
+
+def _is_principal_id(key_id: object) -> bool:
+    """An API key's id or a token subject's principal id (never free text)."""
+    return isinstance(key_id, str) and bool(
+        _KEY_ID.fullmatch(key_id) or SUBJECT_ID.fullmatch(key_id)
+    )
 
 
 def _text(value: object, limit: int) -> str | None:
@@ -96,7 +107,7 @@ class DenialLog:
         try:
             row = {
                 "at": utcnow(),
-                "actor": key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else None,
+                "actor": key_id if _is_principal_id(key_id) else None,
                 "action": DENIED,
                 "target": _text(path, 255),
                 "detail": {

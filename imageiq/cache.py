@@ -29,9 +29,12 @@ PREFIX = "imageiq:pred:"
 INDEX_PREFIX = "imageiq:img:"
 
 
-def cache_key(*, sha256: str, model_name: str, model_version: str, top_k: int) -> str:
-    """The key of one prediction; it starts with the image hash, easy to find by eye."""
-    return f"{PREFIX}{sha256}:{model_name}:{model_version}:k{top_k}"
+def cache_key(
+    *, sha256: str, model_name: str, model_version: str, top_k: int, full: bool = False
+) -> str:
+    """The key of one prediction; it starts with the image hash, easy to find by eye.
+    ``full``: an entry that also keeps every head's whole distribution (the v2 protocol's)."""
+    return f"{PREFIX}{sha256}:{model_name}:{model_version}:k{top_k}{':p' if full else ''}"
 
 
 class PredictionCache(Protocol):

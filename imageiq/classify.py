@@ -95,6 +95,9 @@ class Classified:
     batch_size: int  # images in the batch it ran in; 0 when it came from the cache
     cached: bool
     timing_ms: Timings
+    # Every head's whole distribution (head -> one probability per value, in the card's
+    # order), when the caller asked for it (``full=True``: the v2 protocol's outputs).
+    probabilities: dict[str, list[float]] | None = None
     # None: not asked to store it; True: stored now; False: accepted, the recorder stores it
     # as soon as the object store and the database are back.
     stored: bool | None = None
@@ -106,6 +109,20 @@ class ImageResult:
 
     classified: Classified | None = None
     error: errors.ImageIQError | None = None
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """An image its client already prepared: uint8 [3, S, S] at the model's input size
+    (the v2 protocol's tensor inputs, :mod:`imageiq.tensors`). It skips decode and
+    prepare; everything after (cache, batching, records) is an image's."""
+
+    tensor: torch.Tensor
+
+    def digest(self) -> str:
+        """Its cache identity: the pixels' hash, apart from any encoded image's."""
+        pixels = self.tensor.contiguous().numpy().tobytes()
+        return hashlib.sha256(b"pixels:%d:" % self.tensor.shape[-1] + pixels).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -161,6 +178,7 @@ class _Inferred:
     image: ImageFacts
     batch_size: int
     timings: tuple[float, float, float, float]  # decode, preprocess, queue, inference (s)
+    probabilities: dict[str, list[float]] | None = None
 
 
 class Classification:
@@ -197,17 +215,21 @@ class Classification:
     async def classify(
         self,
         model: ServedModel,
-        images: Sequence[bytes],
+        images: Sequence[bytes | Pixels],
         *,
         top_k: int,
         min_confidence: float = 0.0,
         store: bool = False,
+        full: bool = False,
         principal: Principal,
         endpoint: str = "core",
         request_id: str | None = None,
         started: float | None = None,
     ) -> list[ImageResult]:
         """One result per image, in order; the images run concurrently, each on its own.
+
+        An image is its encoded bytes, or :class:`Pixels` a client prepared (never
+        stored). ``full``: each result also carries every head's whole distribution.
 
         ``endpoint`` labels the metrics (where the images came from), ``request_id`` goes
         into the prediction records (default: the request id of the current context), and
@@ -226,6 +248,7 @@ class Classification:
                 top_k=top_k,
                 min_confidence=min_confidence,
                 store=store or self.settings.store_images == "always",
+                full=full,
                 principal=principal,
                 endpoint=endpoint,
                 request_id=request_id,
@@ -244,28 +267,34 @@ class Classification:
     async def _one(
         self,
         model: ServedModel,
-        data: bytes,
+        data: bytes | Pixels,
         *,
         inline: bool,
         top_k: int,
         min_confidence: float,
         store: bool,
+        full: bool,
         principal: Principal,
         endpoint: str,
         request_id: str,
         started: float,
     ) -> ImageResult:
-        if not data:
+        if isinstance(data, Pixels):
+            sha256, store = data.digest(), False  # not an image anyone could fetch back
+        elif not data:
             error = errors.EmptyImage("The image is empty (0 bytes).")
             count_rejected(endpoint, error)
             return ImageResult(error=error)
-        sha256 = (
-            await anyio.to_thread.run_sync(_sha256, data)
-            if len(data) > HASH_INLINE_BYTES
-            else _sha256(data)
-        )
+        else:
+            sha256 = (
+                await anyio.to_thread.run_sync(_sha256, data)
+                if len(data) > HASH_INLINE_BYTES
+                else _sha256(data)
+            )
         name, version = model.model.name, model.model.version
-        key = cache_key(sha256=sha256, model_name=name, model_version=version, top_k=top_k)
+        key = cache_key(
+            sha256=sha256, model_name=name, model_version=version, top_k=top_k, full=full
+        )
         cache = self.backends.cache
         # The in-process cache answers inline (a dict look-up costs less than a thread hop);
         # Redis is a network call, made in a worker thread.
@@ -280,7 +309,7 @@ class Classification:
         else:
             try:
                 inferred = await self._infer(
-                    model, data, sha256, inline=inline, top_k=top_k, endpoint=endpoint
+                    model, data, sha256, inline=inline, top_k=top_k, full=full, endpoint=endpoint
                 )
             except errors.ImageIQError as e:
                 if e.status >= 500 and not isinstance(e, errors.Overloaded):
@@ -294,7 +323,11 @@ class Classification:
                 value = _cacheable(inferred)
                 await anyio.to_thread.run_sync(lambda: cache.put(key, value, sha256=sha256))
         try:
-            stored = await self._store(data, inferred.image, principal) if store else None
+            stored = (
+                await self._store(data, inferred.image, principal)
+                if store and isinstance(data, bytes)
+                else None
+            )
         except errors.BacklogFull as e:
             return ImageResult(error=e)  # not accepted: nothing was promised
         decode_s, preprocess_s, queue_s, inference_s = inferred.timings
@@ -313,6 +346,7 @@ class Classification:
                 total=_ms(time.perf_counter() - started),
             ),
             stored=stored,
+            probabilities=inferred.probabilities,
         )
         best = inferred.scored[0]
         # Its prediction row joins the backlog; 503 backlog_full (the image's error) when
@@ -340,15 +374,21 @@ class Classification:
     async def _infer(
         self,
         model: ServedModel,
-        data: bytes,
+        data: bytes | Pixels,
         sha256: str,
         *,
         inline: bool,
         top_k: int,
+        full: bool,
         endpoint: str,
     ) -> _Inferred:
-        prepared = self._prepare_inline(model, data) if inline else None
+        if isinstance(data, Pixels):
+            side = int(data.tensor.shape[-1])
+            prepared: PreparedImage | None = PreparedImage("TENSOR", side, side, data.tensor, 0, 0)
+        else:
+            prepared = self._prepare_inline(model, data) if inline else None
         if prepared is None:
+            assert isinstance(data, bytes)
             prepare = functools.partial(
                 prepare_image,
                 model.runner.io,
@@ -378,7 +418,7 @@ class Classification:
                 width=prepared.width,
                 height=prepared.height,
                 format=prepared.format,
-                bytes=len(data),
+                bytes=len(data) if isinstance(data, bytes) else data.tensor.numel(),
             ),
             batch_size=out.batch_size,
             timings=(
@@ -386,6 +426,9 @@ class Classification:
                 prepared.preprocess_s,
                 max(0.0, done - queued - out.inference_s),
                 out.inference_s,
+            ),
+            probabilities=(
+                {head: p[0].tolist() for head, p in out.probabilities.items()} if full else None
             ),
         )
 
@@ -471,6 +514,7 @@ def _from_cache(hit: dict[str, Any]) -> _Inferred:
         image=ImageFacts(**hit["image"]),
         batch_size=0,
         timings=(0.0, 0.0, 0.0, 0.0),
+        probabilities=hit.get("probabilities"),
     )
 
 
@@ -478,11 +522,14 @@ def _cacheable(inferred: _Inferred) -> dict[str, Any]:
     """What the cache keeps of a prediction: every top-k label (min_confidence applies when
     it is served), the attributes and the facts about the image. The same layout as
     before the core moved here, so entries already in Redis stay readable."""
-    return {
+    cached = {
         "predictions": [s.as_dict() for s in inferred.scored],
         "attributes": {k: s.as_dict() for k, s in inferred.attributes.items()},
         "image": dataclasses.asdict(inferred.image),
     }
+    if inferred.probabilities is not None:  # under a key of its own (cache_key's ``full``)
+        cached["probabilities"] = inferred.probabilities
+    return cached
 
 
 def _ms(seconds: float) -> float:

@@ -43,6 +43,13 @@ class MalformedRequest(ImageIQError):
     status, code = 400, "malformed_request"
 
 
+class InvalidTensor(ImageIQError):
+    """A v2 inference request whose tensors the model cannot take (name, datatype, shape,
+    data or binary sizes); the protocol answers these with 400."""
+
+    status, code = 400, "invalid_tensor"
+
+
 class EmptyImage(ImageIQError):
     status, code = 400, "empty_image"
 
@@ -240,6 +247,12 @@ class JobsUnavailable(ImageIQError):
     """No task queue is configured (``jobs_broker_url`` / ``redis_url``), or it is down."""
 
     status, code = 503, "jobs_unavailable"
+
+
+class IdentityProviderUnavailable(ImageIQError):
+    """The OIDC issuer's keys cannot be fetched, and the token needs one not fetched before."""
+
+    status, code = 503, "identity_provider_unavailable"
 
 
 class Timeout(ImageIQError):

@@ -132,6 +132,26 @@ class EvalTransform:
         out += shift
         return out
 
+    def denormalize_array(self, batch: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`normalize`: standardised float [N, 3, H, W] -> the uint8
+        pixels it came from, each rounded to the nearest grey level (a float input moves by
+        at most half a level). ``ValueError`` when a value is not a pixel standardised with
+        this transform's mean and std (outside 0..255 by more than half a level)."""
+        mean = np.asarray(self.config.mean, dtype=np.float64).reshape(1, 3, 1, 1)
+        std = np.asarray(self.config.std, dtype=np.float64).reshape(1, 3, 1, 1)
+        pixels = (batch.astype(np.float64) * std + mean) * 255.0
+        if not np.isfinite(pixels).all():
+            raise ValueError("the tensor holds NaN or infinite values")
+        low, high = float(pixels.min(initial=0.0)), float(pixels.max(initial=0.0))
+        if low < -0.5 or high > 255.5:
+            raise ValueError(
+                f"its values are pixels {low:.1f}..{high:.1f} once the model's mean "
+                f"{list(self.config.mean)} and std {list(self.config.std)} are undone, "
+                "outside 0..255: standardise (x / 255 - mean) / std, as torchvision's "
+                "transforms do"
+            )
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.normalize(self.to_uint8(image).unsqueeze(0))[0]
 

@@ -21,6 +21,7 @@ from typing import Any
 import bentoml
 import torch
 import torchvision
+from bentoml.exceptions import BentoMLException
 from bentoml.exceptions import NotFound as BentoNotFound
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,7 +134,7 @@ def get_model(tag: str) -> RegisteredModel:
             f"No model {tag!r} in the model store. Train one with `imageiq train` "
             "(or `make demo-model`), and list them with `imageiq models list`."
         ) from e
-    except ValueError as e:  # malformed tag
+    except (ValueError, BentoMLException) as e:  # malformed tag (BentoML: "Invalid Tag")
         raise ModelNotFound(f"Invalid model tag {tag!r}: {e}") from e
     return _from_stored(stored)
 

@@ -27,8 +27,8 @@ from imageiq.errors import ConfigurationError
 
 MiB = 1024 * 1024
 
-# BentoML tag rules: lowercase letters, digits, '-', '_' and '.', 63 characters at most.
-TAG_PART = r"[a-z0-9]([a-z0-9._-]{0,62})"
+# BentoML's rule for a tag's name and version: 1-63 characters, alphanumeric at both ends.
+TAG_PART = r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?"
 MODEL_TAG = rf"^{TAG_PART}(:{TAG_PART})?$"
 DEFAULT_MODEL = "imageiq-classifier:latest"
 
@@ -36,6 +36,13 @@ DEFAULT_MODEL = "imageiq-classifier:latest"
 RELOADABLE = frozenset({"models", "active_model"})
 # Secret values that are somebody's example, not a secret.
 PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "password", "pepper", "xxx", ""})
+# Signature algorithms an OIDC token may use: asymmetric only (imageiq.oidc).
+OidcAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+OIDC_ALGORITHMS_DEFAULT: tuple[OidcAlgorithm, ...] = ("RS256",)  # what the usual IdPs sign with
+# A JWT claim name (a URL for a namespaced claim, or a dotted path into an object).
+_CLAIM = r"^[!-~]{1,255}$"
 # Variables of earlier releases: refused with the way forward, not silently ignored.
 RETIRED = {
     "IMAGEIQ_MODEL_NAME": "IMAGEIQ_MODELS (a list of name:version tags)",
@@ -227,6 +234,50 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=0, le=10_000_000)
     rate_limit_burst: int = Field(60, ge=1, le=1_000_000)
 
+    # OpenID Connect bearer tokens, a second way in beside API keys (docs/oidc.md). Off
+    # while `oidc_issuer` is unset. With it, `Authorization: Bearer <JWT>` is verified
+    # against the issuer's published keys (JWKS): signature, `iss`, `aud`, `exp`, `nbf`
+    # and `iat` with `oidc_leeway_s` of clock skew. The issuer: https, or http on loopback
+    # (a local test IdP), exactly as its tokens' `iss` spell it. `oidc_audience`: this
+    # service's identifier at the IdP (the tokens' `aud`), required with an issuer.
+    # `oidc_jwks_url`: unset, the `jwks_uri` of `{issuer}/.well-known/openid-configuration`.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = Field(None, min_length=1, max_length=1024)
+    oidc_jwks_url: str | None = None
+    # The signing algorithms accepted (a token's `alg` must be one of them, and fit the
+    # kind of key that signed it). Asymmetric only: an HMAC or "none" is never accepted.
+    oidc_algorithms: Annotated[list[OidcAlgorithm], NoDecode] = Field(
+        default_factory=lambda: list(OIDC_ALGORITHMS_DEFAULT)
+    )
+    oidc_leeway_s: int = Field(60, ge=0, le=300)
+    # The claims read: the subject (the caller's identity: its rate limit, audit and
+    # records, as `oidc:<subject>`), and the one carrying its rights, either a
+    # space-separated string ("scope", "scp") or a list ("roles", "groups"); a dotted path
+    # reaches into an object ("realm_access.roles", Keycloak's realm roles).
+    oidc_subject_claim: str = Field("sub", pattern=_CLAIM)
+    oidc_scopes_claim: str = Field("scope", pattern=_CLAIM)
+    # The values of that claim that grant each ImageIQ scope (admin implies the others).
+    # A token with none of them is authenticated but refused every endpoint (403).
+    oidc_classify_values: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["imageiq:classify"]
+    )
+    oidc_label_values: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["imageiq:label"]
+    )
+    oidc_admin_values: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["imageiq:admin"]
+    )
+    # A subject's requests per minute (unset: rate_limit_per_minute; 0: unlimited).
+    oidc_rate_limit_per_minute: int | None = Field(None, ge=0, le=10_000_000)
+    # The issuer's keys are kept `oidc_jwks_cache_s`, then fetched again; a token signed by
+    # a key not among them fetches them at once (a rotation), but never twice within
+    # `oidc_jwks_min_refresh_s`, so made-up key ids cannot turn into requests to the
+    # issuer. Each fetch waits at most `oidc_timeout_s`; while the issuer does not answer,
+    # the keys last fetched keep verifying, and a token they cannot verify gets 503.
+    oidc_jwks_cache_s: int = Field(3600, ge=60, le=7 * 86_400)
+    oidc_jwks_min_refresh_s: float = Field(60.0, ge=1.0, le=3600.0)
+    oidc_timeout_s: float = Field(5.0, gt=0.0, le=60.0)
+
     # Prediction log: records wait in a bounded queue and are written in batches by one
     # background thread, off the request path. When the database is down they are kept (in
     # memory, then spooled to data_dir/spool) and replayed when it is back.
@@ -348,7 +399,15 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("jobs_allowed_buckets", "webhook_allowed_networks", mode="before")
+    @field_validator(
+        "jobs_allowed_buckets",
+        "webhook_allowed_networks",
+        "oidc_algorithms",
+        "oidc_classify_values",
+        "oidc_label_values",
+        "oidc_admin_values",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -369,6 +428,25 @@ class Settings(BaseSettings):
             except ValueError as e:
                 raise ValueError(f"{network!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from e
         return value
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Settings:
+        if self.oidc_issuer is None:
+            extra = [n for n in ("oidc_audience", "oidc_jwks_url") if getattr(self, n)]
+            if extra:
+                raise ValueError(f"{' and '.join(extra)} set without oidc_issuer (OIDC is off)")
+            return self
+        _check_endpoint("oidc_issuer", self.oidc_issuer)
+        if self.oidc_jwks_url is not None:
+            _check_endpoint("oidc_jwks_url", self.oidc_jwks_url)
+        if not self.oidc_audience:
+            raise ValueError(
+                "oidc_audience is required with oidc_issuer: this service's identifier at "
+                "the identity provider, which its tokens carry in `aud`"
+            )
+        if not self.oidc_algorithms:
+            raise ValueError("oidc_algorithms must name at least one algorithm")
+        return self
 
     @field_validator("api_key_pepper")
     @classmethod
@@ -422,6 +500,27 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _ConfigFile(settings_cls, init_settings, env_settings), env_settings)
+
+
+def _check_endpoint(name: str, url: str) -> None:
+    """An issuer or JWKS URL: https, or http to a loopback address (a test IdP)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018  (a malformed port raises)
+    except ValueError as e:
+        raise ValueError(f"{name} {url!r} is not a URL") from e
+    if not host or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{name} {url!r} must be a plain https://host[/path] URL")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError(f"{name} {url!r} must be https (http only on a loopback address)")
 
 
 def normalize_tag(tag: str) -> str:

@@ -18,6 +18,7 @@ from rich.table import Column, Table
 from imageiq.console import console, err_console
 from imageiq.errors import ImageIQError
 from imageiq.settings import Settings, load_settings
+from imageiq_cli.classify import add_commands as add_classify_commands
 from imageiq_cli.jobs import add_commands as add_jobs_commands
 from imageiq_cli.loop import add_commands as add_loop_commands
 from imageiq_cli.ops import add_commands as add_ops_commands
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ops_commands(sub)
     add_loop_commands(sub)
     add_jobs_commands(sub)
+    add_classify_commands(sub)
     return parser
 
 

@@ -38,6 +38,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from imageiq.demo import write_digits  # noqa: E402
 from imageiq.registry import RegisteredModel  # noqa: E402
+from tests.backends import Stack  # noqa: E402
+from tests.oidc_issuer import Issuer  # noqa: E402
 from training.train import add_arguments  # noqa: E402
 from training.train import main as train_main  # noqa: E402
 
@@ -360,3 +362,44 @@ def server(
     }
     with running_server(digits_model, log, env) as running:
         yield running
+
+
+# --- the service on real PostgreSQL, Redis and S3 (moto): tests/bentos, the CLI tests ---
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    running = Stack()
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def oidc_issuer() -> Iterator[Issuer]:
+    """An OpenID Connect issuer on loopback that `served` trusts besides its API keys."""
+    running = Issuer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def served(
+    stack: Stack,
+    digits_model: RegisteredModel,
+    newer_model: RegisteredModel,
+    species_model: RegisteredModel,
+    oidc_issuer: Issuer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("persist") / "server.log"
+    env = {
+        **stack.env(),
+        "IMAGEIQ_MODELS": f"{digits_model.tag},{species_model.name}",
+        # Tokens of the test issuer too (tests/bentos/test_oidc.py); keys work as before.
+        # A subject's own pace (keys are unlimited here): 12 a minute, 5 at once.
+        **oidc_issuer.env(),
+        "IMAGEIQ_OIDC_RATE_LIMIT_PER_MINUTE": "12",
+    }
+    with running_server(digits_model, log, env) as server:
+        yield server

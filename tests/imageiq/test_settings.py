@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from imageiq.errors import ConfigurationError
-from imageiq.settings import Settings
+from imageiq.settings import Settings, load_settings
 
 
 def test_defaults() -> None:
@@ -87,3 +87,46 @@ def test_retired_variables_name_their_replacement(monkeypatch: pytest.MonkeyPatc
 def test_settings_are_immutable() -> None:
     with pytest.raises(ValidationError):
         Settings().max_batch_size = 3  # type: ignore[misc]
+
+
+def test_oidc_is_off_by_default_and_checked_when_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings()
+    assert s.oidc_issuer is None and s.oidc_algorithms == ["RS256"]
+    assert s.oidc_scopes_claim == "scope" and s.oidc_subject_claim == "sub"
+    assert s.oidc_classify_values == ["imageiq:classify"] and s.oidc_leeway_s == 60
+    monkeypatch.setenv("IMAGEIQ_OIDC_ISSUER", "https://idp.example.com/realms/imageiq")
+    monkeypatch.setenv("IMAGEIQ_OIDC_AUDIENCE", "imageiq")
+    monkeypatch.setenv("IMAGEIQ_OIDC_ALGORITHMS", "RS256, ES256")
+    monkeypatch.setenv("IMAGEIQ_OIDC_ADMIN_VALUES", "")  # no admin through tokens
+    monkeypatch.setenv("IMAGEIQ_OIDC_LABEL_VALUES", '["imageiq:label", "ml-team"]')
+    s = Settings()
+    assert s.oidc_algorithms == ["RS256", "ES256"] and s.oidc_admin_values == []
+    assert s.oidc_label_values == ["imageiq:label", "ml-team"]
+    monkeypatch.setenv("IMAGEIQ_OIDC_ISSUER", "http://127.0.0.1:8080/realms/test")
+    assert Settings().oidc_issuer == "http://127.0.0.1:8080/realms/test"  # loopback: http
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"oidc_issuer": "http://idp.example.com", "oidc_audience": "a"}, "must be https"),
+        ({"oidc_issuer": "https://idp.example.com?x=1", "oidc_audience": "a"}, "plain"),
+        ({"oidc_issuer": "idp.example.com", "oidc_audience": "a"}, "plain"),
+        ({"oidc_issuer": "https://idp.example.com"}, "oidc_audience is required"),
+        ({"oidc_audience": "a"}, "without oidc_issuer"),
+        ({"oidc_jwks_url": "https://idp.example.com/keys"}, "without oidc_issuer"),
+        (
+            {"oidc_issuer": "https://i", "oidc_audience": "a", "oidc_jwks_url": "http://i/k"},
+            "must be https",
+        ),
+        ({"oidc_issuer": "https://i", "oidc_audience": "a", "oidc_algorithms": "HS256"}, "RS256"),
+        ({"oidc_issuer": "https://i", "oidc_audience": "a", "oidc_algorithms": "none"}, "RS256"),
+        ({"oidc_issuer": "https://i", "oidc_audience": "a", "oidc_algorithms": ""}, "at least"),
+        ({"oidc_leeway_s": 3600}, "less than or equal"),
+        ({"oidc_jwks_min_refresh_s": 0}, "greater than or equal"),
+        ({"oidc_scopes_claim": "has space"}, "pattern"),
+    ],
+)
+def test_invalid_oidc_settings_are_refused(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(**values)

@@ -354,6 +354,12 @@ def _example(name: str, spec: dict[str, Any]) -> Any:
         "s3EndpointUrl": "http://minio:9000",
         "jobsAllowedBuckets": ["customer-uploads", "archive"],
         "webhookAllowedNetworks": ["10.50.0.0/16"],
+        "oidcIssuer": "https://login.example.com/realms/imageiq",
+        "oidcJwksUrl": "https://login.example.com/realms/imageiq/certs",
+        "oidcAlgorithms": ["RS256", "ES256"],
+        "oidcClassifyValues": ["imageiq:classify"],
+        "oidcLabelValues": ["imageiq:label", "ml-team"],
+        "oidcAdminValues": [],
     }
     if name in special:
         return special[name]

@@ -259,3 +259,13 @@ def test_the_kubectl_overlays_ship_a_fixed_pool(overlay: str) -> None:
     init = [c["name"] for c in deployment["spec"]["template"]["spec"]["initContainers"]]
     assert init == ["migrate", "bento-models"]  # migrations.mode initContainer, as the pods
     assert "Bulk-job workers" in (ROOT / "k8s/README.md").read_text()
+
+
+def test_the_ingress_routes_the_v2_protocol_and_bentomls_client() -> None:
+    """/v2 whole (it has no admin routes), BentoML's two API endpoints and their schema
+    exactly; not the probes, /metrics or /docs.json."""
+    ingress = objects(CHART / "ci/production-values.yaml")[("Ingress", "imageiq")]
+    paths = {p["path"]: p["pathType"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    assert paths["/v2"] == "Prefix"
+    assert paths["/classify"] == paths["/classify_batch"] == paths["/schema.json"] == "Exact"
+    assert not {"/readyz", "/livez", "/metrics", "/docs.json", "/v1"} & set(paths)
