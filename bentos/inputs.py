@@ -105,16 +105,14 @@ async def read_batch(request: Request, limits: Limits) -> tuple[ClassifyParams, 
         _check_count(len(items), limits)
         fields = {k: v for k, v in form.multi_items() if k != "images"}
         params = _validated(ClassifyParams, fields, limits, request=request, file_field="images")
-        uploads = []
+        # A text part is the request's mistake, not an image's (as on /v1/classify).
         for i, item in enumerate(items):
-            if isinstance(item, UploadFile):
-                uploads.append(await _from_file(item, limits))
-            else:
-                uploads.append(
-                    Upload(
-                        None, error=errors.MissingImage(f"images[{i}] is a text value, not a file.")
-                    )
+            if not isinstance(item, UploadFile):
+                raise errors.MissingImage(
+                    f"images[{i}] is a text value, not a file: send each image as a file part.",
+                    details={"index": i},
                 )
+        uploads = [await _from_file(item, limits) for item in items if isinstance(item, UploadFile)]
     finally:
         await form.close()
     return params, uploads

@@ -60,7 +60,7 @@ _INFER_BODY: dict[str, Any] = {
             "in": "header",
             "required": False,
             "description": "The binary extension: the size of the JSON at the body's start.",
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            "schema": {"type": "integer", "minimum": 1},
         }
     ],
     "requestBody": {

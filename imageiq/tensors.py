@@ -29,11 +29,11 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from imageiq import errors
 from imageiq.architectures import MAIN_HEAD
@@ -48,21 +48,38 @@ PIXELS_INPUT = "pixels"  # and for the tensor input
 _PIXEL_TYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 
 
+# The protocol's parameters are scalars (KServe: bool, int64, string).
+Parameters = dict[str, bool | int | float | str]
+# A tensor's data: flat (row-major), or nested as its shape; scalars of its datatype.
+_DATA_SCHEMA = {
+    "type": "array",
+    "description": "Row-major, flat or nested as the shape; BYTES elements in base64.",
+    "items": {
+        "anyOf": [
+            {"type": "number"},
+            {"type": "string"},
+            {"type": "boolean"},
+            {"type": "array", "items": {"type": ["number", "string", "boolean", "array"]}},
+        ]
+    },
+}
+
+
 class InferInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=256)
     shape: list[int] = Field(max_length=8)
     datatype: str = Field(max_length=16)
-    parameters: dict[str, Any] | None = None
-    data: Any = None
+    parameters: Parameters | None = None
+    data: Annotated[Any, WithJsonSchema(_DATA_SCHEMA)] = None
 
 
 class RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=256)
-    parameters: dict[str, Any] | None = None
+    parameters: Parameters | None = None
 
 
 class InferRequest(BaseModel):
@@ -70,7 +87,7 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str | None = Field(None, max_length=256)
-    parameters: dict[str, Any] | None = None
+    parameters: Parameters | None = None
     inputs: list[InferInput] = Field(min_length=1, max_length=16)
     outputs: list[RequestedOutput] | None = Field(None, max_length=64)
 
