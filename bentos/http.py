@@ -57,7 +57,7 @@ ErrorForm = Literal["envelope", "v2"]
 
 def body_limit(settings: Settings, path: str) -> int:
     """The largest body a path accepts: RequestGuard refuses more with 413."""
-    if path.endswith("/classify/batch"):
+    if path.endswith(("/classify/batch", "/classify_batch")):  # /v1's, BentoML's
         return settings.max_batch_request_bytes
     if path.endswith("/infer"):  # v2: a batch of images, base64 in JSON or binary
         return settings.max_batch_request_bytes * 4 // 3 + _ENVELOPE

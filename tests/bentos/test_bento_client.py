@@ -10,6 +10,7 @@ import pytest
 from bentoml.exceptions import BentoMLException
 
 from tests.conftest import Server
+from tests.imageiq.images_helpers import encode, photo
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +46,17 @@ def test_sync_http_client_classifies_like_v1(
         with pytest.raises(BentoMLException) as raised:
             client.classify(image=first, top_k=0)
         assert "top_k" in str(raised.value)
+
+        # Real photos: the batch's body may be as large as /v1's batch (not a bare cap).
+        photos = []
+        for i in range(3):
+            photo_path = tmp_path / f"photo{i}.png"
+            photo_path.write_bytes(encode(photo(300, 300, seed=i), "PNG"))
+            photos.append(photo_path)
+        assert sum(p.stat().st_size for p in photos) > 200_000
+        big = client.classify_batch(images=photos, top_k=1)
+        assert [r["index"] for r in big["results"]] == [0, 1, 2]
+        assert all("predictions" in r for r in big["results"]), big
 
     # The same door as /v1: no key, or a wrong one, is a 401 in the envelope.
     for headers in ({}, {"Authorization": "Bearer iiq_0000000000000000_" + "0" * 48}):

@@ -108,7 +108,10 @@ def test_the_serving_process_owns_the_metrics_listener(planes: Planes) -> None:
     owners = []
     for pid in planes.server.worker_pids():
         try:
-            connections = psutil.Process(pid).net_connections(kind="tcp")
+            process = psutil.Process(pid)
+            # psutil 6 renamed connections(); kserve (a test dependency) holds psutil < 6.
+            listing = getattr(process, "net_connections", None) or process.connections
+            connections = listing(kind="tcp")
         except psutil.NoSuchProcess:
             continue
         if any(
