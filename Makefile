@@ -70,7 +70,7 @@ lint: install tools web/node_modules/.stamp
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/mypy load-tests/bench.py load-tests/bench_jobs.py load-tests/bench_report.py load-tests/cache_load.py load-tests/locustfile.py \
+	$(BIN)/mypy load-tests/bench.py load-tests/bench_jobs.py load-tests/bench_v2.py load-tests/bench_report.py load-tests/cache_load.py load-tests/locustfile.py \
 	  load-tests/load_data.py load-tests/load_checks.py load-tests/local_server.py load-tests/run_load.py \
 	  load-tests/frontend_service.py load-tests/hostile.py scripts monitoring/dashboards.py
 	$(BIN)/yamllint --strict .
