@@ -40,7 +40,6 @@ from imageiq.architectures import MAIN_HEAD
 from imageiq.classify import Classified, Pixels
 from imageiq.inference import ModelIO
 
-PROTOCOL_VERSION = "2"
 # The extensions this server implements (the server metadata lists them).
 EXTENSIONS = ("classification", "binary_tensor_data")
 IMAGE_INPUT = "image"  # the metadata's name for the BYTES input (any name is taken)
